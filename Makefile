@@ -1,0 +1,36 @@
+# labkit: `make run-all` runs every notebook for every configuration; `make test` runs the tests.
+PYTHON ?= python3
+# A CPU build by default, so a laptop or CI does not pull several GB of CUDA; on a GPU cluster:
+#   make setup TORCH="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
+TORCH ?= torch==2.13.0
+PROFILE ?= smoke
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run-all test lab report bench clean
+setup: $(STAMP)
+
+# Reinstalls only when the dependency list changes, so a second `make setup` does nothing.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run-all: setup
+	$(PY) -m labkit.runall --profile $(PROFILE) $(if $(FORCE),--force) $(if $(ONLY),--only $(ONLY)); \
+	status=$$?; $(PY) -m labkit.report --profile $(PROFILE); exit $$status
+
+test: setup
+	$(PY) -m pytest -q
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+report: setup
+	$(PY) -m labkit.report --profile $(PROFILE)
+
+clean:
+	rm -rf runs reports

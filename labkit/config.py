@@ -1,0 +1,226 @@
+"""Parameters: one YAML file per configuration, layered over a profile, validated before any work.
+
+A configuration file names its ``task`` and sets what makes it that configuration (precision,
+workers, strategy, ...). The profile (``params/profiles/<profile>.yaml``) sets the scale for each
+task (model preset, data size, steps, batch) and lies *under* the configuration file, so a
+configuration says only what it is about. Overrides from a notebook lie on top of both.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+PROFILES = ("smoke", "gpu", "full", "bench")
+
+
+class _Section(BaseModel):
+    # extra="forbid" is what turns a typo in a params file into an error instead of a silent default
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class DataConfig(_Section):
+    source: Literal["embedded", "local", "hub"] = "embedded"
+    path: str | None = None  # local file or folder (train split)
+    val_path: str | None = None  # local file for the validation split, where it is separate
+    hub_name: str | None = None  # data set id on the hub; each task has a default
+    hub_config: str | None = None
+    dataset: str | None = None  # which data set of a task that has several (t5_qa: gsm8k | bioqa)
+    train_examples: int | None = Field(None, gt=0)  # None: all
+    val_examples: int | None = Field(None, gt=0)
+    max_length: int = Field(384, gt=0)  # tokens per feature (source length for T5)
+    target_length: int = Field(128, gt=0)  # T5 answer length
+    doc_stride: int = Field(128, ge=0)
+    padding: Literal["max_length", "dynamic", "packed"] = "max_length"
+    group_by_length: bool = False
+    num_workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = Field(None, gt=0)
+    on_gpu: bool = False  # hold the whole data set on the GPU and augment there (CIFAR)
+    augment: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.source == "local" and not self.path:
+            raise ValueError("data.source is 'local' but data.path is not set: set data.path to the file")
+        if self.persistent_workers and self.num_workers == 0:
+            raise ValueError("data.persistent_workers needs data.num_workers > 0")
+        if self.doc_stride >= self.max_length:
+            raise ValueError(f"data.doc_stride ({self.doc_stride}) must be smaller than data.max_length ({self.max_length})")
+        return self
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None: the model family's attention projections
+
+
+class ModelConfig(_Section):
+    preset: str = "tiny"  # a size the task's model family knows (tiny, base, medium, large, ...)
+    weights: Literal["random", "hub", "local"] = "random"  # random: the real architecture, untrained
+    path: str | None = None  # local folder with weights (weights: local)
+    hub_name: str | None = None  # overrides the preset's hub id
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    checkpointing: Literal["off", "full", "selective"] = "off"
+    checkpoint_every: int = Field(2, gt=0)  # selective: checkpoint every k-th block
+    channels_last: bool = False
+    compile: bool = False
+    finetune: Literal["full", "lora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    split_devices: int = Field(1, gt=0)  # layer-wise model parallel over this many GPUs (T5)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.weights == "local" and not self.path:
+            raise ValueError("model.weights is 'local' but model.path is not set: set model.path to the folder")
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # stops early; None: all epochs
+    batch_size: int = Field(8, gt=0)  # per device
+    grad_accum: int = Field(1, gt=0)
+    optimizer: Literal["adamw", "sgd", "sgd_momentum", "nesterov"] = "adamw"
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    fused: bool = False  # fused optimizer kernels (CUDA only)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    schedule: Literal["linear", "constant"] = "linear"
+    grad_clip: float | None = Field(None, gt=0)
+    precision: Literal["32", "tf32", "16-mixed", "bf16-mixed", "bf16-true"] = "32"
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    strategy: Literal["auto", "dp", "ddp", "fsdp", "deepspeed"] = "auto"
+    devices: int = Field(1, gt=0)
+    num_nodes: int = Field(1, gt=0)
+    zero_stage: int = Field(2, ge=1, le=3)  # deepspeed
+    seed: int = 0
+    eval_every_epoch: bool = True
+    eval_batches: int | None = Field(None, gt=0)  # cap on validation batches (None: all)
+    log_every: int = Field(10, gt=0)
+
+
+class MeasureConfig(_Section):
+    warmup_steps: int = Field(5, ge=0)  # steps left out of steady-state throughput
+    gpu_sample_interval: float = Field(0.5, gt=0)  # seconds between GPU sampler readings
+    nvtx: bool = True
+    memory_budget_gb: float | None = Field(None, gt=0)  # batch-size search (notebook 04)
+    max_batch: int = Field(4096, gt=0)
+
+
+class LaunchConfig(_Section):
+    timeout_s: float = Field(3600, gt=0)  # a hung rank ends the whole run after this long
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+class Config(_Section):
+    task: Literal["bert_squad", "cifar_resnext", "gpt2_sft", "t5_qa"]
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+
+class ConfigError(ValueError):
+    """A params file that cannot run; the message names the file, the key and the fix."""
+
+
+def load(config_file: str | Path, profile: str = "smoke", overrides: dict[str, Any] | None = None) -> Config:
+    """Merge profile <- configuration file <- overrides, validate, and return the config.
+
+    ``overrides`` use dotted keys, e.g. ``{"train.batch_size": 16}``.
+    """
+    path = Path(config_file)
+    if not path.is_file() and not path.is_absolute() and (PARAMS_DIR.parent / path).is_file():
+        path = PARAMS_DIR.parent / path  # notebooks run from notebooks/, params paths are repo-relative
+    if not path.is_file():
+        near = difflib.get_close_matches(str(config_file), [str(p.relative_to(PARAMS_DIR.parent)) for p in PARAMS_DIR.rglob("*.yaml")], n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else " Configuration files live under params/<notebook>/."
+        raise ConfigError(f"{config_file}: no such params file.{hint}")
+    raw = _read_yaml(path)
+    task = raw.get("task")
+    merged = copy.deepcopy(profile_for(profile, task)) if task else {}
+    _deep_merge(merged, raw)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(merged, dotted, value)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, path, profile)) from None
+
+
+def profile_for(profile: str, task: str) -> dict:
+    """The profile's settings for one task (empty where the profile says nothing of it)."""
+    path = PARAMS_DIR / "profiles" / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (PARAMS_DIR / "profiles").glob("*.yaml"))
+        raise ConfigError(f"profile '{profile}' does not exist ({path}); choose one of {known}")
+    return _read_yaml(path).get(task, {})
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def _deep_merge(base: dict, top: dict) -> None:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names valid at a location in the schema, for did-you-mean."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, path: Path, profile: str) -> str:
+    lines = [f"{path} (profile '{profile}'): {err.error_count()} problem(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(e["loc"])
+            near = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"known keys here: {', '.join(known)}"
+            lines.append(f"  - {key}: unknown key; {hint}")
+        elif e["type"] == "literal_error":
+            allowed = e["ctx"]["expected"]
+            lines.append(f"  - {key}: {e['input']!r} is not allowed; choose one of {allowed}")
+        elif e["type"] == "missing":
+            lines.append(f"  - {key}: required; add it to the file")
+        else:
+            lines.append(f"  - {key or 'file'}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)

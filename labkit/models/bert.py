@@ -1,0 +1,31 @@
+"""BERT for extractive question answering (notebooks 01, 03, 04, 05)."""
+from __future__ import annotations
+
+from torch import nn
+from transformers import AutoModelForQuestionAnswering, BertConfig
+
+from labkit.config import ModelConfig
+from labkit.models import apply_checkpointing, build_hf
+
+# BertConfig's defaults are bert-base-uncased's architecture; tiny is for CPU smoke runs.
+PRESETS = {
+    "tiny": ("prajjwal1/bert-tiny", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)),
+    "base": ("bert-base-uncased", {}),
+    "large": ("bert-large-uncased", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)),
+}
+
+
+def build(cfg: ModelConfig, vocab_size: int, max_length: int) -> tuple[nn.Module, dict]:
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"model.preset '{cfg.preset}' is not a BERT preset; choose one of {sorted(PRESETS)}")
+    hub_name, sizes = PRESETS[cfg.preset]
+    config = BertConfig(vocab_size=vocab_size, max_position_embeddings=max(512, max_length), **sizes)
+    model, info = build_hf(AutoModelForQuestionAnswering, cfg, hub_name, config)
+    info["checkpointed_blocks"] = apply_checkpointing(model.bert.encoder.layer, cfg.checkpointing, cfg.checkpoint_every)
+    c = model.config
+    info.update(layers=c.num_hidden_layers, hidden=c.hidden_size)
+    return model, info
+
+
+def non_embedding_params(model: nn.Module) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)

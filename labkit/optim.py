@@ -1,0 +1,52 @@
+"""The one optimizer factory and learning-rate schedule every lab uses."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from labkit.config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, SGD, SGD with momentum or Nesterov over the trainable parameters.
+
+    Weight decay applies to matrices only (not biases and norm weights), as in BERT and GPT-2
+    training, and the same decay is used for every optimizer so a sweep compares like with like.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    fused = {"fused": True} if cfg.fused else {}
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
+    momentum = {"sgd": 0.0, "sgd_momentum": cfg.momentum, "nesterov": cfg.momentum}[cfg.optimizer]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, nesterov=cfg.optimizer == "nesterov", **fused)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over warmup_ratio of the steps, then linear decay to zero (or constant)."""
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    params: Iterable[nn.Parameter] = model.parameters()
+    total = trainable = 0
+    for p in params:
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"params_total": total, "params_trainable": trainable}

@@ -1,0 +1,70 @@
+"""What a lab plugs into the one training loop: a model, its data and how to score it.
+
+Each task lives in its own data module, which exposes ``build_task(cfg) -> Task``; a new lab adds
+one such module, a model preset, params files and a notebook, never a new loop.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from labkit.config import Config
+
+TASK_MODULES = {
+    "bert_squad": "labkit.squad_task",
+    "cifar_resnext": "labkit.cifar",
+    "gpt2_sft": "labkit.sft",
+    "t5_qa": "labkit.t5qa",
+}
+
+
+def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Hugging Face models compute their own loss from the labels in the batch; others classify."""
+    if isinstance(batch, dict):
+        return model(**batch).loss
+    inputs, targets = batch
+    return F.cross_entropy(model(inputs), targets)
+
+
+def batch_size_of(batch: Any) -> int:
+    return len(batch["input_ids"]) if isinstance(batch, dict) else len(batch[0])
+
+
+def real_tokens_of(batch: Any) -> torch.Tensor | None:
+    """Non-padding tokens in a batch (a device tensor: reading it later avoids a sync per step)."""
+    if isinstance(batch, dict) and "attention_mask" in batch:
+        return batch["attention_mask"].sum()
+    return None
+
+
+@dataclass
+class Task:
+    model: nn.Module
+    train_set: Dataset
+    val_set: Dataset
+    collate_fn: Callable | None = None
+    # Task metric on the validation data after each epoch (EM/F1, accuracy, ...): model -> metrics.
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    loss: Callable[[nn.Module, Any], torch.Tensor] = default_loss
+    # Model FLOPs of one training sample (forward + backward), for throughput as MFU.
+    flops_per_sample: float | None = None
+    # Shown with every result: weights (random/pretrained), model id, data source and size.
+    info: dict[str, Any] = field(default_factory=dict)
+    # A sampler for the training set (e.g. length-grouped); None: shuffled.
+    train_sampler: Any = None
+
+
+def build_task(cfg: Config) -> Task:
+    return importlib.import_module(TASK_MODULES[cfg.task]).build_task(cfg)
+
+
+def transformer_flops_per_sample(params_non_embedding: int, n_layers: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs of one sequence: 6 N T for the weights plus 12 L d T^2 for attention (PaLM, App. B)."""
+    return 6 * params_non_embedding * seq_len + 12 * n_layers * d_model * seq_len**2
