@@ -1,0 +1,14 @@
+# Source on a GPU machine without a package index: installs the wheels carried in .whl/ that the
+# machine's python lacks (never replacing what it has), and keeps NVLink multicast off.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+have=$(python3 -m pip list --format=freeze 2>/dev/null | tr 'A-Z_' 'a-z-' | cut -d= -f1)
+need=()
+for w in .whl/*.whl; do
+  name=$(basename "$w" | cut -d- -f1 | tr 'A-Z_' 'a-z-')
+  grep -qx "$name" <<<"$have" || need+=("$w")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "${need[@]}"
+fi
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+echo "installed from .whl: ${#need[@]} wheels: $(for w in "${need[@]}"; do basename "$w" | cut -d- -f1; done | tr '\n' ' ')"
