@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run-all test lab report bench clean
+.PHONY: setup run-all test lab report slurm bench clean
 setup: $(STAMP)
 
 # Reinstalls only when the dependency list changes, so a second `make setup` does nothing.
@@ -31,6 +31,12 @@ lab: setup
 
 report: setup
 	$(PY) -m labkit.report --profile $(PROFILE)
+
+# One SLURM job per notebook x configuration (arrays where they fit), then the report job:
+#   make slurm PROFILE=gpu [ONLY="05 07"] [PARTITION=p] [ACCOUNT=a] [TIME=02:00:00] [DRY_RUN=1]
+slurm: setup
+	$(PY) -m labkit.slurm --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(PARTITION),--partition $(PARTITION)) \
+	  $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(TIME),--time $(TIME)) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf runs reports

@@ -2,7 +2,8 @@
 
 A configuration file names its ``task`` and sets what makes it that configuration (precision,
 workers, strategy, ...). The profile (``params/profiles/<profile>.yaml``) sets the scale for each
-task (model preset, data size, steps, batch) and lies *under* the configuration file, so a
+task (model preset, data size, steps, batch) — and, in a section named after a notebook, what that
+notebook alone needs at that scale — and lies *under* the configuration file, so a
 configuration says only what it is about. Overrides from a notebook lie on top of both.
 """
 from __future__ import annotations
@@ -30,14 +31,19 @@ class DataConfig(_Section):
     val_path: str | None = None  # local file for the validation split, where it is separate
     hub_name: str | None = None  # data set id on the hub; each task has a default
     hub_config: str | None = None
-    dataset: str | None = None  # which data set of a task that has several (t5_qa: gsm8k | bioqa)
+    dataset: Literal["gsm8k", "bioqa"] | None = None  # which data set of a task that has several (t5_qa)
+    prompt_field: str = "prompt"  # gpt2_sft: the record fields (JSON lines or hub columns) of a pair
+    response_field: str = "response"
     train_examples: int | None = Field(None, gt=0)  # None: all
     val_examples: int | None = Field(None, gt=0)
     max_length: int = Field(384, gt=0)  # tokens per feature (source length for T5)
     target_length: int = Field(128, gt=0)  # T5 answer length
     doc_stride: int = Field(128, ge=0)
+    # max_length: every feature padded to max_length; dynamic: each batch padded to its longest feature;
+    # packed: a batch's features concatenated into one row, attention kept within each (padding-free)
     padding: Literal["max_length", "dynamic", "packed"] = "max_length"
-    group_by_length: bool = False
+    group_by_length: bool = False  # batches of features of similar length (less padding under 'dynamic')
+    context_length: Literal["short", "squad"] = "short"  # embedded SQuAD: 'squad' gives SQuAD's feature lengths
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
     persistent_workers: bool = False
@@ -51,6 +57,9 @@ class DataConfig(_Section):
             raise ValueError("data.source is 'local' but data.path is not set: set data.path to the file")
         if self.persistent_workers and self.num_workers == 0:
             raise ValueError("data.persistent_workers needs data.num_workers > 0")
+        if self.on_gpu and (self.num_workers or self.pin_memory):
+            raise ValueError("data.on_gpu keeps the data set in GPU memory, where loader workers and pinned host memory "
+                             "do not apply: set data.num_workers: 0, data.persistent_workers: false, data.pin_memory: false")
         if self.doc_stride >= self.max_length:
             raise ValueError(f"data.doc_stride ({self.doc_stride}) must be smaller than data.max_length ({self.max_length})")
         return self
@@ -88,6 +97,8 @@ class TrainConfig(_Section):
     epochs: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)  # stops early; None: all epochs
     batch_size: int = Field(8, gt=0)  # per device
+    # Set: the global batch held constant instead, batch_size = global / (devices x num_nodes x grad_accum).
+    global_batch_size: int | None = Field(None, gt=0)
     grad_accum: int = Field(1, gt=0)
     optimizer: Literal["adamw", "sgd", "sgd_momentum", "nesterov"] = "adamw"
     lr: float = Field(5e-5, gt=0)
@@ -109,9 +120,36 @@ class TrainConfig(_Section):
     eval_batches: int | None = Field(None, gt=0)  # cap on validation batches (None: all)
     log_every: int = Field(10, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _per_device_batch(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("global_batch_size"):
+            return data
+        shares = {k: int(data.get(k, 1)) for k in ("devices", "num_nodes", "grad_accum")}
+        n = shares["devices"] * shares["num_nodes"] * shares["grad_accum"]
+        if int(data["global_batch_size"]) % n:
+            raise ValueError(f"train.global_batch_size {data['global_batch_size']} does not split evenly over devices x "
+                             f"num_nodes x grad_accum = {n}; make it a multiple of {n} or set train.batch_size instead")
+        return {**data, "batch_size": int(data["global_batch_size"]) // n}
+
+    @model_validator(mode="after")
+    def _check_strategy(self) -> "TrainConfig":
+        s, world = self.strategy, self.devices * self.num_nodes
+        if s == "auto" and world > 1:
+            raise ValueError(f"train.devices x num_nodes is {world} but train.strategy is 'auto' (one device): "
+                             "choose ddp, fsdp, deepspeed or dp")
+        if s == "dp" and (self.accelerator == "cpu" or self.num_nodes > 1):
+            raise ValueError("train.strategy 'dp' is DataParallel: one process driving several GPUs of one machine; "
+                             "on a CPU or over several nodes use strategy 'ddp'")
+        if s == "fsdp" and self.precision == "16-mixed":
+            raise ValueError("train.strategy 'fsdp' (FSDP2 in Fabric) has no fp16 gradient scaling: "
+                             "use precision bf16-mixed, bf16-true, tf32 or 32")
+        return self
+
 
 class MeasureConfig(_Section):
     warmup_steps: int = Field(5, ge=0)  # steps left out of steady-state throughput
+    profile_steps: int = Field(0, ge=0)  # steps after warm-up profiled for compute vs communication (0: off)
     gpu_sample_interval: float = Field(0.5, gt=0)  # seconds between GPU sampler readings
     nvtx: bool = True
     memory_budget_gb: float | None = Field(None, gt=0)  # batch-size search (notebook 04)
@@ -119,7 +157,8 @@ class MeasureConfig(_Section):
 
 
 class LaunchConfig(_Section):
-    timeout_s: float = Field(3600, gt=0)  # a hung rank ends the whole run after this long
+    # A hung rank ends the whole run after this long; a SLURM job's time limit is this plus 10 min (labkit.slurm).
+    timeout_s: float = Field(3600, gt=0)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
 
 
@@ -152,6 +191,7 @@ def load(config_file: str | Path, profile: str = "smoke", overrides: dict[str, A
     raw = _read_yaml(path)
     task = raw.get("task")
     merged = copy.deepcopy(profile_for(profile, task)) if task else {}
+    _deep_merge(merged, profile_for(profile, path.parent.name))  # a notebook's own section, where it has one
     _deep_merge(merged, raw)
     for dotted, value in (overrides or {}).items():
         _set_dotted(merged, dotted, value)
@@ -162,7 +202,7 @@ def load(config_file: str | Path, profile: str = "smoke", overrides: dict[str, A
 
 
 def profile_for(profile: str, task: str) -> dict:
-    """The profile's settings for one task (empty where the profile says nothing of it)."""
+    """The profile's settings for one task or notebook (empty where the profile says nothing of it)."""
     path = PARAMS_DIR / "profiles" / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (PARAMS_DIR / "profiles").glob("*.yaml"))

@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -55,18 +55,24 @@ def nvtx_range(name: str, enabled: bool = True):
 
 
 class StepTimer:
-    """Per-step split into data wait, forward+backward and optimizer time, in seconds."""
+    """Per-step times, in seconds: the whole step, the loader's share and the GPU's share.
 
-    PHASES = ("data", "fwd_bwd", "optimizer")
+    ``step`` runs from the end of the previous step to the end of this one. ``data`` is host time
+    blocked on the loader. ``fwd_bwd`` and ``optimizer`` are device time of those phases (CUDA
+    events on a GPU). Whatever of the step is neither is time the device waited: for input, the
+    host-to-device copy, or the Python that launches kernels (``wait``).
+    """
+
+    PHASES = ("data", "fwd_bwd", "optimizer", "wait", "step")
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.steps: list[dict[str, float]] = []
         self._pending: list[tuple] = []
+        self._last_end = None
 
     @contextlib.contextmanager
     def data(self) -> Iterator[None]:
-        # Data wait is host time: the loop is blocked on the loader (and the host-to-device copy).
         start = time.perf_counter()
         yield
         self._data = time.perf_counter() - start
@@ -80,22 +86,26 @@ class StepTimer:
         else:
             setattr(self, f"_{point}", time.perf_counter())
         if point == "end":
-            self._pending.append((self._data, self._start, self._backward_done, self._end))
-            if not self.cuda or len(self._pending) > 1:
-                self._resolve(keep=1 if self.cuda else 0)
+            self._pending.append((self._data, self._last_end, self._start, self._backward_done, self._end))
+            self._last_end = self._end
+            # Events are read one step late, when they have long completed: timing never stalls the GPU.
+            self._resolve(keep=1 if self.cuda else 0)
 
     def flush(self) -> None:
         self._resolve(keep=0)
 
     def _resolve(self, keep: int) -> None:
         while len(self._pending) > keep:
-            data, start, mid, end = self._pending.pop(0)
+            data, previous, start, mid, end = self._pending.pop(0)
             if self.cuda:
                 end.synchronize()
-                fwd_bwd, opt = start.elapsed_time(mid) / 1e3, mid.elapsed_time(end) / 1e3
+                elapsed = lambda a, b: a.elapsed_time(b) / 1e3  # noqa: E731
             else:
-                fwd_bwd, opt = mid - start, end - mid
-            self.steps.append({"data": data, "fwd_bwd": fwd_bwd, "optimizer": opt})
+                elapsed = lambda a, b: b - a  # noqa: E731
+            fwd_bwd, opt = elapsed(start, mid), elapsed(mid, end)
+            step = elapsed(previous, end) if previous is not None else data + elapsed(start, end)
+            self.steps.append({"data": data, "fwd_bwd": fwd_bwd, "optimizer": opt,
+                               "wait": max(0.0, step - fwd_bwd - opt), "step": step})
 
     def summary(self, skip: int) -> dict[str, float]:
         """Median seconds per phase over the steps after ``skip`` warm-up steps."""
@@ -103,9 +113,7 @@ class StepTimer:
         steady = self.steps[skip:] or self.steps
         if not steady:
             return {}
-        out = {f"{p}_s": statistics.median(s[p] for s in steady) for p in self.PHASES}
-        out["step_s"] = statistics.median(sum(s.values()) for s in steady)
-        return out
+        return {f"{p}_s": statistics.median(s[p] for s in steady) for p in self.PHASES}
 
 
 def synchronize(device: torch.device) -> None:
@@ -113,19 +121,164 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def devices_of(model: torch.nn.Module, device: torch.device) -> list[torch.device]:
+    """The loop's device, then any other device the model's parameters live on (a layer-split model's GPUs)."""
+    return [device] + sorted({p.device for p in model.parameters()} - {device}, key=str)
 
 
-def memory_gb(device: torch.device) -> dict[str, float]:
-    """Peak allocated and reserved memory since the last reset, in GB (empty on the CPU)."""
-    if device.type != "cuda":
+def reset_peak_memory(*devices: torch.device) -> None:
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory_gb(*devices: torch.device) -> dict[str, float]:
+    """Peak allocated and reserved memory since the last reset, in GB, of the fullest device (empty on the
+    CPU); with several devices (a layer-split model) also each one's peak, as peak_allocated_gb_gpu<i>."""
+    cuda = [d for d in devices if d.type == "cuda"]
+    if not cuda:
         return {}
-    return {
-        "peak_allocated_gb": torch.cuda.max_memory_allocated(device) / 1e9,
-        "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 1e9,
-    }
+    allocated = [torch.cuda.max_memory_allocated(d) / 1e9 for d in cuda]
+    out = {"peak_allocated_gb": max(allocated),
+           "peak_reserved_gb": max(torch.cuda.max_memory_reserved(d) / 1e9 for d in cuda)}
+    if len(cuda) > 1:
+        out.update({f"peak_allocated_gb_gpu{d.index}": gb for d, gb in zip(cuda, allocated)})
+    return out
+
+
+class MemoryProbe:
+    """Allocated memory of the loop's device at the boundaries of the first training step (CUDA only).
+
+    The loop calls ``read(point)`` at 'setup' (model on the device), 'start' (before the first forward),
+    'forward', 'backward' and 'optimizer' (after the step, before the gradients are dropped); only the
+    first reading of each point counts, so the calls cost nothing after the first step. The differences
+    are what each phase left allocated: the weights, the activations the forward keeps for the backward,
+    the gradients (the backward frees the activations), the optimizer state (created by its first step).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.readings = device, {}
+        self.read("before_setup")
+
+    def read(self, point: str) -> None:
+        # memory_allocated is the caching allocator's host-side count: no synchronisation needed.
+        if self.device.type == "cuda" and point not in self.readings:
+            self.readings[point] = torch.cuda.memory_allocated(self.device)
+
+    def measured_gb(self) -> dict[str, float]:
+        r = self.readings
+        if len(r) < 6:
+            return {}
+        return {"weights_measured_gb": (r["setup"] - r["before_setup"]) / 1e9,
+                "gradients_measured_gb": (r["backward"] - r["start"]) / 1e9,
+                "optimizer_measured_gb": (r["optimizer"] - r["backward"]) / 1e9,
+                "activations_measured_gb": (r["forward"] - r["start"]) / 1e9}
+
+
+def optimizer_states(optimizer: torch.optim.Optimizer) -> int | None:
+    """State tensors the optimizer keeps per trainable parameter, each of the parameter's size and dtype."""
+    group = optimizer.param_groups[0]
+    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        return 3 if group.get("amsgrad") else 2  # first and second moments (and their running max)
+    if isinstance(optimizer, torch.optim.SGD):
+        return 1 if group["momentum"] else 0  # the momentum buffer
+    return None
+
+
+def computed_memory_gb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """What parameter counts and dtypes predict: every weight, one gradient per trainable weight (in its
+    dtype), and the optimizer's state per trainable weight. Activations depend on batch and sequence, not
+    on the parameters: only a measurement gives them."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    out = {"weights_computed_gb": weights / 1e9, "gradients_computed_gb": trainable / 1e9}
+    states = optimizer_states(optimizer)
+    if states is not None:
+        out["optimizer_computed_gb"] = states * trainable / 1e9
+    return out
+
+
+class CommProfiler:
+    """Compute vs communication over a few steps, from torch.profiler (``measure.profile_steps``).
+
+    GPU: time of NCCL kernels (comm_s) vs all other GPU work, kernels and copies (compute_s). DDP's
+    all-reduce overlaps the backward pass, so the two can add up to more than a step. CPU (gloo): time
+    inside gloo collectives, which run on gloo's own threads, vs operator time outside them. All are
+    seconds per step of this rank, with the profiled steps' wall time (slower than unprofiled steps)
+    to compare them with; the summary is empty when off or when no step was profiled.
+    """
+
+    COMM = ("nccl", "gloo:")  # how the profiler names NCCL kernels and gloo collectives
+
+    def __init__(self, device: torch.device, steps: int):
+        self.device, self.steps, self._prof, self._result = device, steps, None, {}
+
+    def start(self, step: int) -> None:
+        if self.steps and self._prof is None and not self._result:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._prof, self._from = torch.profiler.profile(activities=activities), step
+            synchronize(self.device)
+            self._prof.start()
+            self._since = time.perf_counter()
+
+    def stop(self, step: int) -> None:
+        if self._prof is None:
+            return
+        synchronize(self.device)
+        wall = time.perf_counter() - self._since
+        self._prof.stop()
+        prof, self._prof = self._prof, None
+        if step <= self._from:
+            return
+        comm = compute = 0.0  # microseconds
+        for e in prof.events():
+            is_comm = any(name in e.name.lower() for name in self.COMM)
+            if self.device.type == "cuda":
+                if e.device_type != torch.autograd.DeviceType.CUDA:
+                    continue
+                spent = e.time_range.elapsed_us()
+            elif is_comm:
+                spent = e.cpu_time_total
+            elif e.name.startswith("aten::"):
+                spent = e.self_cpu_time_total
+            else:
+                continue
+            if is_comm:
+                comm += spent
+            else:
+                compute += spent
+        n = step - self._from
+        self._result = {"comm_s": comm / n / 1e6, "compute_s": compute / n / 1e6, "profiled_step_s": wall / n,
+                        "profiled_steps": n}
+
+    def summary(self) -> dict[str, float]:
+        return dict(self._result)
+
+
+@contextlib.contextmanager
+def output_absmax(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, float]]:
+    """Largest |output| of each named module while the block runs (the first tensor of a tuple output),
+    inf or nan where it overflowed: what decides whether a precision's range suffices (fp16: 65,504)."""
+    peaks: dict[str, float] = {}
+
+    def watch(name: str):
+        def hook(module, args, output) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(out, torch.Tensor) and out.numel():
+                value = out.detach().abs().max().float().item()
+                previous = peaks.get(name, value)
+                peaks[name] = value if value != value or value > previous else previous  # a nan stays nan
+
+        return hook
+
+    handles = [module.register_forward_hook(watch(name)) for name, module in modules.items()]
+    try:
+        yield peaks
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass
@@ -136,7 +289,7 @@ class GPUSampler:
     """
 
     interval: float = 0.5
-    device_index: int = 0
+    device_index: int | Sequence[int] = 0  # several: every GPU of a layer-split model; samples carry "gpu"
     samples: list[dict[str, float]] = field(default_factory=list)
 
     def __enter__(self) -> "GPUSampler":
@@ -146,9 +299,12 @@ class GPUSampler:
             return self
         try:
             pynvml.nvmlInit()
-            index = int(os.environ.get("CUDA_VISIBLE_DEVICES", str(self.device_index)).split(",")[self.device_index])
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        except (pynvml.NVMLError, ValueError):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            indices = [self.device_index] if isinstance(self.device_index, int) else list(self.device_index)
+            # NVML counts all GPUs of the host; torch counts the visible ones.
+            self._handles = [(i, pynvml.nvmlDeviceGetHandleByIndex(int(visible.split(",")[i]) if visible else i))
+                             for i in indices]
+        except (pynvml.NVMLError, ValueError, IndexError):
             return self
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -156,17 +312,18 @@ class GPUSampler:
         return self
 
     def _run(self) -> None:
-        h = self._handle
         while not self._stop.is_set():
             try:
-                util = pynvml.nvmlDeviceGetUtilizationRates(h)
-                self.samples.append({
-                    "t": time.perf_counter() - self._t0,
-                    "util_pct": float(util.gpu),
-                    "mem_used_gb": pynvml.nvmlDeviceGetMemoryInfo(h).used / 1e9,
-                    "temp_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
-                    "power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1e3,
-                })
+                for gpu, h in self._handles:
+                    util = pynvml.nvmlDeviceGetUtilizationRates(h)
+                    self.samples.append({
+                        "t": time.perf_counter() - self._t0,
+                        "gpu": gpu,
+                        "util_pct": float(util.gpu),
+                        "mem_used_gb": pynvml.nvmlDeviceGetMemoryInfo(h).used / 1e9,
+                        "temp_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+                        "power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1e3,
+                    })
             except pynvml.NVMLError:
                 return
             self._stop.wait(self.interval)

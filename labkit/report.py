@@ -1,69 +1,484 @@
-"""HTML reports of executed notebooks (``make report``): one page per notebook and an index.
+"""The course report: notebook 08's comparisons over every record of a profile, and the HTML pages.
 
-    python -m labkit.report --profile smoke   ->  reports/smoke/index.html
+    python -m labkit.report --profile smoke   ->  reports/smoke/index.html   (``make report``)
 
-Pages embed their plots (no network needed to open them) and each says where its run ran.
+Notebook 08 reads every results record of a profile (all notebooks, configurations and machines) and
+draws the comparisons the original labs drew by hand; each figure comes with one sentence computed
+from the records, and numbers are only ever set against runs of the same device and profile. A run
+that did not finish (skipped, oom, failed, running) shows as such, never as a number.
+
+The HTML pages embed their plots and load no script from the network, so they open offline; each
+says where its run ran (GPU, driver, library versions, host, date), and the index links them all.
 """
 from __future__ import annotations
 
 import argparse
 import html
-import re
+import os
+import platform
 import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import nbformat
-from nbconvert import HTMLExporter
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.patches import Patch
 
 from labkit import results
 
 ROOT = Path(__file__).resolve().parent.parent
+TASKS = {"bert_squad": "BERT-QA / SQuAD", "cifar_resnext": "ResNeXt / CIFAR-10", "gpt2_sft": "GPT-2 SFT",
+         "t5_qa": "T5 QA"}
+# Summary key -> (label, measured on GPUs only)
+METRICS = {
+    "final_val_loss": ("final validation loss", False),
+    "train_time_s": ("training time (s)", False),
+    "gpu_util_mean_pct": ("mean GPU utilisation (%)", True),
+    "gpu_temp_max_c": ("maximum GPU temperature (°C)", True),
+}
+NOT_FINISHED = {"skipped": "skipped", "oom": "out of memory", "failed": "failed", "running": "not finished"}
 
 
-def environment_line(record: dict | None) -> str:
-    if not record:
-        return "no results record (this notebook reads other runs' records)"
-    env = record.get("env", {})
-    return (f"{results.device_label(env)} · torch {env.get('torch')} · transformers {env.get('transformers')} · "
-            f"{record.get('run', {}).get('finished') or env.get('date')} · status {record.get('status')}")
+# ---- the records -------------------------------------------------------------------------------------------
+
+def collect(profile: str, runs_dir: str | Path | None = None) -> list[dict]:
+    """Every results record of a profile, in notebook and configuration order."""
+    base = Path(runs_dir or results.RUNS_DIR) / profile
+    return [results.read(p.parent) for p in sorted(base.glob("*/*/result.json"))]
+
+
+def name(record: dict) -> str:
+    """A run's short name in figures and sentences: notebook number / configuration."""
+    return f"{record['run']['notebook'][:2]}/{record['run']['config']}"
+
+
+def task_of(record: dict) -> str:
+    """The task, and the data set where a task has several: runs compare only within one."""
+    p = record.get("params", {})
+    task = TASKS.get(p.get("task"), p.get("task") or "?")
+    return f"{task} ({p['data']['dataset']})" if p.get("data", {}).get("dataset") else task
+
+
+def device(record: dict) -> str:
+    """Where a run ran, with its GPU count (tables)."""
+    return results.device_label(record.get("env", {}))
+
+
+def machine(record: dict) -> str:
+    """The kind of device, without the count: runs compare only on the same kind (figures, sentences)."""
+    return results.device_label({**record.get("env", {}), "device_count": 1})
+
+
+def on_gpu(record: dict) -> bool:
+    return record.get("env", {}).get("device") == "cuda"
+
+
+def _ok(record: dict, key: str) -> float | None:
+    value = record.get("summary", {}).get(key) if record.get("status") == "ok" else None
+    return value if isinstance(value, (int, float)) and value == value else None
+
+
+def _cell(record: dict, key: str, scale: float = 1.0, gpu_only: bool = False) -> str:
+    """A table cell: the measured value, or why there is none (never a number for an unfinished run)."""
+    if record.get("status") != "ok":
+        return NOT_FINISHED.get(record.get("status"), str(record.get("status")))
+    value = _ok(record, key)
+    if value is None:
+        return "not measured (CPU)" if gpu_only and not on_gpu(record) else "—"
+    return f"{value * scale:.3g}"
+
+
+def _count_unfinished(records: Sequence[dict]) -> str:
+    counts = Counter(r.get("status") for r in records if r.get("status") != "ok")
+    if not counts:
+        return ""
+    listed = ", ".join(f"{n} {NOT_FINISHED.get(s, s)}" for s, n in sorted(counts.items()))
+    return f"; {sum(counts.values())} of {len(records)} configurations have no value here ({listed})"
+
+
+# ---- tables ------------------------------------------------------------------------------------------------
+
+def _none(note: str) -> None:
+    print(note)  # an empty table says nothing: say why there is none
+
+
+def overview(records: Sequence[dict]) -> pd.DataFrame | None:
+    """Per notebook: configurations by status, and the devices they ran on."""
+    rows: dict[str, dict] = {}
+    for r in records:
+        row = rows.setdefault(r["run"]["notebook"], {"configurations": 0, **{s: 0 for s in results.STATUSES}, "devices": set()})
+        row["configurations"] += 1
+        row[r.get("status")] = row.get(r.get("status"), 0) + 1
+        row["devices"].add(device(r))
+    if not rows:
+        return _none("No results records in this profile yet: run the other notebooks first (make run-all).")
+    df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("notebook")
+    df["devices"] = df["devices"].map(lambda d: ", ".join(sorted(d)))
+    return df
+
+
+def environments(records: Sequence[dict]) -> pd.DataFrame | None:
+    """Every distinct environment the records ran in, with how many runs and when."""
+    rows = []
+    for r in records:
+        env = r.get("env", {})
+        rows.append({"device": device(r), "CUDA": env.get("cuda") or "—", "driver": env.get("driver") or "—",
+                     "torch": env.get("torch"), "transformers": env.get("transformers"), "python": env.get("python"),
+                     "host": env.get("host"), "date": (r["run"].get("finished") or env.get("date") or "")[:10]})
+    if not rows:
+        return _none("No environments: no results records.")
+    df = pd.DataFrame(rows)
+    keys = [c for c in df.columns if c != "date"]
+    return (df.groupby(keys, dropna=False).agg(runs=("date", "size"), first=("date", "min"), last=("date", "max"))
+            .reset_index().set_index("device"))
+
+
+def not_finished(records: Sequence[dict]) -> pd.DataFrame | None:
+    """The runs without figures, each with its reason (the record's error)."""
+    rows = [{"run": name(r), "status": r.get("status"), "device": device(r),
+             "reason": (r.get("error") or "").removeprefix("skipped: ") or
+                       ("started and not finished: still running, or the run was killed" if r.get("status") == "running" else "")}
+            for r in records if r.get("status") != "ok"]
+    return pd.DataFrame(rows).set_index("run") if rows else _none(f"All {len(records)} runs finished.")
+
+
+def throughput_memory(records: Sequence[dict]) -> pd.DataFrame | None:
+    """One row per run: throughput, step time, MFU and peak memory, or the reason a run has none."""
+    rows = []
+    for r in records:
+        p = r.get("params", {})
+        rows.append({"run": name(r), "status": r.get("status"), "device": device(r), "task": task_of(r),
+                     "precision": p.get("train", {}).get("precision"), "global batch": _global_batch(r),
+                     "samples/s": _cell(r, "samples_per_s"), "real tokens/s": _cell(r, "tokens_per_s"),
+                     "step (ms)": _cell(r, "step_s", 1e3), "MFU (%)": _cell(r, "mfu", 100, gpu_only=True),
+                     "peak allocated (GB)": _cell(r, "peak_allocated_gb", gpu_only=True),
+                     "peak reserved (GB)": _cell(r, "peak_reserved_gb", gpu_only=True)})
+    return pd.DataFrame(rows).set_index("run") if rows else _none("No throughput: no results records.")
+
+
+def _global_batch(record: dict) -> int | None:
+    """Samples per optimizer step, from the settings (a DataParallel process's batch_size is per GPU too)."""
+    t = record.get("params", {}).get("train")
+    return t["batch_size"] * t["grad_accum"] * t["devices"] * t["num_nodes"] if t else None
+
+
+# ---- figures: each returns (figure or None, one sentence computed from the records) -------------------------
+
+def show(finding: tuple[plt.Figure | None, str]) -> None:
+    """In a notebook: the sentence, then the figure."""
+    from IPython.display import Markdown, display
+
+    figure, sentence = finding
+    display(Markdown(f"**What this shows:** {sentence}"))
+    if figure is not None:
+        display(figure)
+        plt.close(figure)
+
+
+def _groups(records: Sequence[dict], key: Callable[[dict], tuple]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(key(r), []).append(r)
+    return groups
+
+
+def per_configuration(records: Sequence[dict], metric: str) -> tuple[plt.Figure | None, str]:
+    """A bar per configuration for one summary metric, a panel per notebook and device; unfinished runs are
+    labelled with their status where their bar would be."""
+    label, gpu_only = METRICS[metric]
+    if not records:
+        return None, "No results records for this profile yet: run the other notebooks first (make run-all)."
+    if gpu_only:
+        records = [r for r in records if on_gpu(r)]
+        if not records:
+            return None, (f"Not measured: every record of this profile ran on a CPU, which has no {label.split(' (')[0]} "
+                          "to sample; run the profile on a GPU for this figure.")
+    panels = _groups(records, lambda r: (r["run"]["notebook"], machine(r)))
+    if not any(_ok(r, metric) is not None for r in records):
+        return None, f"No run of these records has a {label}{_count_unfinished(records)}."
+    heights = [len(rs) for rs in panels.values()]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 0.28 * sum(heights) + 1.1 * len(panels)),
+                             gridspec_kw={"height_ratios": [h + 2 for h in heights]}, squeeze=False)
+    for ax, ((notebook, where), group) in zip(axes[:, 0], panels.items()):
+        counts = [r.get("env", {}).get("device_count") or 1 for r in group]
+        configs = [r["run"]["config"] + (f" ({n} devices)" if n > 1 else "") for r, n in zip(group, counts)]
+        values = [_ok(r, metric) for r in group]
+        tasks = sorted(set(map(task_of, group)))  # a notebook over two models (03, 04): a colour each
+        bars = ax.barh(configs, [v or 0 for v in values], color=[f"C{tasks.index(task_of(r)) % 10}" for r in group])
+        if len(tasks) > 1:
+            ax.legend(handles=[Patch(color=f"C{i % 10}", label=t) for i, t in enumerate(tasks)], fontsize=7)
+        ax.bar_label(bars, labels=[f"{v:.3g}" if v is not None else "" for v in values], fontsize=7, padding=2)
+        for y, (r, v) in enumerate(zip(group, values)):
+            if v is None:
+                status = r.get("status")
+                ax.annotate(NOT_FINISHED.get(status, "not measured") if status != "ok" else "not measured",
+                            (0, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7, color="grey")
+        ax.invert_yaxis()
+        if all(v is None for v in values):
+            ax.set_xlim(0, 1)
+        ax.set(title=f"{notebook} — {where}", xlabel=label)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(x=0.15)
+    fig.tight_layout()
+    return fig, _per_configuration_sentence(records, metric) + "."
+
+
+def _per_configuration_sentence(records: Sequence[dict], metric: str) -> str:
+    label, gpu_only = METRICS[metric]
+    done = [r for r in records if _ok(r, metric) is not None]
+    unfinished = _count_unfinished(records)
+    if gpu_only:  # a property of the GPU's load: across notebooks, per GPU model
+        by_device = _groups(done, machine)
+        where, group = max(by_device.items(), key=lambda kv: len(kv[1]))
+        lo, hi = min(group, key=lambda r: _ok(r, metric)), max(group, key=lambda r: _ok(r, metric))
+        unit = "%" if metric == "gpu_util_mean_pct" else " °C"
+        return (f"On {where}, {label.split(' (')[0]} ranged from {_ok(lo, metric):.0f}{unit} ({name(lo)}) to "
+                f"{_ok(hi, metric):.0f}{unit} ({name(hi)}) over {len(group)} runs{unfinished}")
+    # within a notebook, a task and a device: the largest ratio between two configurations
+    comparable = [g for g in _groups(done, lambda r: (r["run"]["notebook"], task_of(r), machine(r))).values() if len(g) > 1]
+    if not comparable:
+        r = done[0]
+        return f"Only single runs per notebook and task finished, so nothing compares yet; e.g. {name(r)}: {_ok(r, metric):.3g}{unfinished}"
+    group = max(comparable, key=lambda g: max(_ok(r, metric) for r in g) / max(min(_ok(r, metric) for r in g), 1e-12))
+    lo, hi = min(group, key=lambda r: _ok(r, metric)), max(group, key=lambda r: _ok(r, metric))
+    where = f"{lo['run']['notebook']}, {task_of(lo)}, on {machine(lo)}"
+    if metric == "train_time_s":
+        return (f"The largest difference within one notebook and task: {name(lo)} trained "
+                f"{_ok(hi, metric) / _ok(lo, metric):.1f}x faster than {name(hi)} ({_ok(lo, metric):.3g} s against "
+                f"{_ok(hi, metric):.3g} s; {where}){unfinished}")
+    return (f"The largest spread within one notebook and task: {name(lo)} reached a {label} of {_ok(lo, metric):.3g} "
+            f"and {name(hi)} {_ok(hi, metric):.3g}, {_ok(hi, metric) / _ok(lo, metric):.2f}x higher ({where}){unfinished}")
+
+
+def _n_devices(record: dict) -> int:
+    t = record["params"]["train"]
+    return t["devices"] * t["num_nodes"]
+
+
+def _data_parallel(record: dict) -> bool:
+    p = record["params"]
+    return p["train"]["strategy"] in ("dp", "ddp", "fsdp", "deepspeed") and p["model"]["split_devices"] == 1
+
+
+def _scaling_rows(records: Sequence[dict]) -> list[dict]:
+    """Each data-parallel run on several devices with the one-device run it is measured against: the fastest
+    finished one of the same notebook, task, model, precision, per-device batch and device."""
+    def key(r: dict) -> tuple:
+        p = r["params"]
+        return (r["run"]["notebook"], task_of(r), p["model"]["preset"], p["train"]["precision"], p["train"]["batch_size"],
+                r.get("env", {}).get("device"), r.get("env", {}).get("device_name"))
+
+    single: dict[tuple, dict] = {}
+    for r in records:
+        rate = _ok(r, "samples_per_s")
+        if rate and _n_devices(r) == 1 and r["params"]["model"]["split_devices"] == 1 and \
+                rate > (_ok(single.get(key(r), {}), "samples_per_s") or 0):
+            single[key(r)] = r
+    rows = []
+    for r in records:
+        if _data_parallel(r) and _n_devices(r) > 1:
+            base, rate = single.get(key(r)), _ok(r, "samples_per_s")
+            speedup = rate / _ok(base, "samples_per_s") if base and rate else None
+            rows.append({"record": r, "base": base, "n": _n_devices(r), "speedup": speedup,
+                         "efficiency": 100 * speedup / _n_devices(r) if speedup else None})
+    return rows
+
+
+def scaling(records: Sequence[dict]) -> pd.DataFrame | None:
+    """Scaling efficiency = samples/s on N devices / (N x samples/s on one device), per data-parallel run."""
+    rows = []
+    for row in _scaling_rows(records):
+        r, base = row["record"], row["base"]
+        missing = _cell(r, "samples_per_s") if r.get("status") != "ok" else "no one-device run"
+        rows.append({"run": name(r), "status": r.get("status"), "device": device(r),
+                     "strategy": r["params"]["train"]["strategy"], "devices": row["n"],
+                     "samples/s": _cell(r, "samples_per_s"), "one-device run": name(base) if base else "none finished",
+                     "one-device samples/s": _cell(base, "samples_per_s") if base else "—",
+                     "speed-up": f"{row['speedup']:.2f}" if row["speedup"] else missing,
+                     "scaling efficiency (%)": f"{row['efficiency']:.0f}" if row["efficiency"] else missing})
+    return pd.DataFrame(rows).set_index("run") if rows else _none("No data-parallel run on several devices in these records.")
+
+
+def scaling_figure(records: Sequence[dict]) -> tuple[plt.Figure | None, str]:
+    """Scaling efficiency per data-parallel run; 100% (dashed) is N devices doing N times the work."""
+    rows = _scaling_rows(records)
+    if not rows:
+        return None, "No scaling efficiency: these records have no data-parallel run on several devices."
+    done = [row for row in rows if row["efficiency"]]
+    unfinished = Counter(row["record"].get("status") for row in rows if row["record"].get("status") != "ok")
+    rest = (f"; {sum(unfinished.values())} multi-device run(s) have no figure here ("
+            + ", ".join(f"{n} {NOT_FINISHED.get(s, s)}" for s, n in sorted(unfinished.items())) + ")" if unfinished else "")
+    if not done:
+        return None, ("No scaling efficiency: no multi-device run finished beside a finished one-device run of the same "
+                      f"notebook, model, precision and device{rest}.")
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(done) + 1.6))
+    bars = ax.barh([f"{name(row['record'])} ({row['n']} × {device(row['base'])})" for row in done],
+                   [row["efficiency"] for row in done], color="C0")
+    ax.bar_label(bars, fmt="%.0f%%", fontsize=8, padding=2)
+    ax.axvline(100, color="black", ls="--", lw=1)
+    ax.invert_yaxis()
+    ax.set(xlabel="scaling efficiency (%)", title="Scaling efficiency: samples/s on N devices / (N × one device)")
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    best, worst = max(done, key=lambda row: row["efficiency"]), min(done, key=lambda row: row["efficiency"])
+    sentence = (f"{name(best['record'])} on {best['n']} devices ({device(best['base'])}) kept {best['efficiency']:.0f}% of "
+                f"perfect scaling, {best['speedup']:.2f}x the samples/s of {name(best['base'])}")
+    if worst is not best:
+        sentence += f", and {name(worst['record'])} the least, {worst['efficiency']:.0f}% on {worst['n']} devices"
+    if best["efficiency"] > 105:  # more than N times one device: the two were not measured alike
+        sentence += (" — above 100%, so these runs were not measured alike (on a CPU, other work shares its cores "
+                     "from run to run): read it as noise, not as a speed-up")
+    return fig, sentence + rest + "."
+
+
+def pareto(records: Sequence[dict], x: str = "train_time_s", y: str = "final_val_loss") -> tuple[plt.Figure | None, str]:
+    """Validation loss against training time, a panel per task and device; the line joins the runs that no
+    other run beats on both (faster and a lower loss)."""
+    done = [r for r in records if _ok(r, x) is not None and _ok(r, y) is not None]
+    if not done:
+        return None, f"No time-quality plot: no finished run has both a training time and a validation loss{_count_unfinished(records)}."
+    panels = _groups(done, lambda r: (task_of(r), machine(r)))
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    fronts = {}
+    for ax, ((task, where), group) in zip(axes.flat, panels.items()):
+        group = sorted(group, key=lambda r: (_ok(r, x), _ok(r, y)))
+        front, best = [], float("inf")
+        for r in group:
+            if _ok(r, y) < best:
+                front.append(r)
+                best = _ok(r, y)
+        fronts[(task, where)] = (front, group)
+        ax.scatter([_ok(r, x) for r in group], [_ok(r, y) for r in group], color="C0", zorder=2)
+        ax.step([_ok(r, x) for r in front], [_ok(r, y) for r in front], where="post", color="grey", zorder=1,
+                label="front: no run both faster and lower")
+        for r in group:
+            ax.annotate(name(r), (_ok(r, x), _ok(r, y)), xytext=(3, 3), textcoords="offset points", fontsize=7,
+                        color="black" if r in front else "grey")
+        ax.set(title=f"{task} — {where}", xlabel="training time (s)", ylabel="final validation loss")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    (task, where), (front, group) = max(fronts.items(), key=lambda kv: len(kv[1][1]))
+    fast, good = front[0], front[-1]
+    sentence = (f"Of the {len(group)} finished {task} runs on {where}, {len(front)} {'is' if len(front) == 1 else 'are'} on the front (no other run was "
+                f"both faster and reached a lower validation loss)")
+    if len(group) == 1:
+        sentence = f"Only one {task} run on {where} has finished, {name(fast)} ({_ok(fast, x):.3g} s, loss {_ok(fast, y):.3g})"
+    elif fast is good:
+        sentence += f": {name(fast)} was both the fastest and the best ({_ok(fast, x):.3g} s, loss {_ok(fast, y):.3g})"
+    else:
+        sentence += (f", from the fastest, {name(fast)} ({_ok(fast, x):.3g} s, loss {_ok(fast, y):.3g}), to the best, "
+                     f"{name(good)} ({_ok(good, x):.3g} s, loss {_ok(good, y):.3g})")
+    if len(panels) > 1:
+        sentence += f"; {len(panels) - 1} more panel(s) for other tasks or devices"
+    return fig, sentence + "."
+
+
+# ---- HTML pages ----------------------------------------------------------------------------------------------
+
+# The lab template without the scripts it would fetch from a CDN (require.js, MathJax, Mermaid, the widget
+# manager): plots are embedded PNGs, so a page shows everything offline. The stamp opens the body.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block body_header -%}{{ super() }}{{ resources.labkit_stamp }}{%- endblock body_header -%}
+"""
+STAMP_STYLE = "padding:8px 12px;margin-bottom:8px;background:#eef;font-family:sans-serif;font-size:13px"
+
+
+def environment_line(record: dict | None, profile_records: Sequence[dict] = ()) -> str:
+    """Where and when a page's run ran; for a page without a record (the report notebook), the records it read."""
+    if record:
+        env = record.get("env", {})
+        parts = [results.device_label(env)]
+        if env.get("device") == "cuda":
+            parts.append(f"CUDA {env.get('cuda')}, driver {env.get('driver') or '?'}")
+        parts += [f"torch {env.get('torch')}", f"transformers {env.get('transformers')}", f"python {env.get('python')}",
+                  f"host {env.get('host')}"]
+        if env.get("slurm_job_id"):
+            parts.append(f"SLURM job {env['slurm_job_id']}")
+        parts += [str(record.get("run", {}).get("finished") or env.get("date")), f"status {record.get('status')}"]
+        return " · ".join(parts)
+    import torch
+    import transformers
+
+    where = ", ".join(sorted({device(r) for r in profile_records})) or "no records"
+    return (f"reads {len(profile_records)} results records ({where}) · built {time.strftime('%Y-%m-%d %H:%M:%S')} on "
+            f"{platform.node()} · torch {torch.__version__} · transformers {transformers.__version__} · "
+            f"python {platform.python_version()}")
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomic: a report built beside another (two run-alls) never leaves half a page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the pages from a web server or a course's shared folder
+    os.replace(tmp, path)
 
 
 def build(profile: str, runs_dir: Path = results.RUNS_DIR, out_dir: Path | None = None) -> Path:
-    """Convert every executed notebook of a profile to HTML and write an index linking them."""
+    """Convert every executed notebook of a profile to an HTML page and write an index linking them."""
+    import jinja2
+    import nbformat
+    from nbconvert import HTMLExporter
+
     runs_dir = Path(runs_dir)
     out_dir = Path(out_dir or ROOT / "reports" / profile)
-    exporter = HTMLExporter()  # embeds images as data URIs: pages open offline
+    exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"labkit_offline.html.j2": OFFLINE_TEMPLATE})],
+                            template_file="labkit_offline.html.j2")
+    profile_records = collect(profile, runs_dir)
     entries = []
     for nb_path in sorted((runs_dir / profile).glob("*/*.ipynb")):
         record = results.read(nb_path.with_suffix(""))
-        notebook = nbformat.read(nb_path, as_version=4)
-        body, _ = exporter.from_notebook_node(notebook)
-        stamp = f'<div style="padding:8px;background:#eef;font-family:sans-serif">{html.escape(environment_line(record))}</div>'
-        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + stamp, body, count=1)
+        line = environment_line(record, profile_records)
+        stamp = f'<div class="labkit-environment" style="{STAMP_STYLE}">{html.escape(line)}</div>'
+        body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4), resources={"labkit_stamp": stamp})
         target = out_dir / nb_path.parent.name / f"{nb_path.stem}.html"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(body)
-        entries.append((nb_path.parent.name, nb_path.stem, target.relative_to(out_dir), environment_line(record)))
-    rows = "\n".join(f'<tr><td>{html.escape(n)}</td><td><a href="{html.escape(str(href))}">{html.escape(c)}</a></td>'
-                     f"<td>{html.escape(e)}</td></tr>" for n, c, href, e in entries)
-    index = out_dir / "index.html"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>labkit reports: {profile}</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 12px;text-align:left}}</style></head>
-<body><h1>labkit reports — profile {html.escape(profile)}</h1>
-<table><tr><th>notebook</th><th>configuration</th><th>where and when it ran</th></tr>
+        _write(target, body)
+        entries.append((nb_path.parent.name, nb_path.stem, target.relative_to(out_dir).as_posix(),
+                        record.get("status") if record else "no record", line))
+    _write(out_dir / "index.html", _index(profile, entries, profile_records))
+    return out_dir / "index.html"
+
+
+def _index(profile: str, entries: list[tuple], profile_records: Sequence[dict]) -> str:
+    counts = Counter(status for *_, status, _ in entries)
+    env_html = environments(profile_records).to_html() if profile_records else "<p>No results records.</p>"
+    rows = "\n".join(f'<tr class="{html.escape(status)}"><td>{html.escape(nb)}</td><td><a href="{html.escape(href)}">'
+                     f"{html.escape(config)}</a></td><td>{html.escape(status)}</td><td>{html.escape(line)}</td></tr>"
+                     for nb, config, href, status, line in entries)
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>labkit reports: {html.escape(profile)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 12px;text-align:left;vertical-align:top}}
+tr.skipped,tr.oom,tr.failed,tr.running{{color:#8a3b00}} table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f8}}</style>
+</head><body><h1>labkit reports — profile {html.escape(profile)}</h1>
+<p>Built {time.strftime('%Y-%m-%d %H:%M:%S')}: {len(entries)} executed notebooks ({html.escape(', '.join(f'{n} {s}' for s, n in sorted(counts.items())))}).
+Figures of the smoke profile come from CPU runs: they show that a lab runs, not how fast a GPU is.</p>
+<h2>Where the runs ran</h2>
+{env_html}
+<h2>Executed notebooks</h2>
+<table><tr><th>notebook</th><th>configuration</th><th>status</th><th>where and when it ran</th></tr>
 {rows}
 </table></body></html>
-""")
-    return index
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
+    parser.add_argument("--out-dir", help="default: reports/<profile>")
     args = parser.parse_args(argv)
-    index = build(args.profile, Path(args.runs_dir))
+    index = build(args.profile, Path(args.runs_dir), Path(args.out_dir) if args.out_dir else None)
     print(f"reports: {index}")
     return 0
 

@@ -63,6 +63,21 @@ def read(directory: str | Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def keep_previous(directory: str | Path) -> Path | None:
+    """Move an ended run's record out of the way of a new run of the same configuration, to
+    <config>/history/<started>.json, where compare() finds it; None when there was none to keep."""
+    record = read(directory)
+    if not record or record.get("status") == "running":
+        return None  # nothing, or a run that never ended (killed): the new run replaces it
+    stamp = str(record.get("run", {}).get("started", "unknown")).replace(" ", "_").replace(":", "-")
+    target, n = Path(directory) / "history" / f"{stamp}.json", 1
+    while target.exists():
+        target, n = target.with_name(f"{stamp}-{n}.json"), n + 1
+    target.parent.mkdir(exist_ok=True)
+    os.replace(Path(directory) / "result.json", target)
+    return target
+
+
 def load(runs_dir: str | Path = RUNS_DIR, profile: str | None = None, notebook: str | None = None) -> pd.DataFrame:
     """Every results record under runs_dir as one row each: identity, status, device, summary metrics.
 
@@ -82,6 +97,7 @@ def load(runs_dir: str | Path = RUNS_DIR, profile: str | None = None, notebook: 
             "precision": params.get("train", {}).get("precision"),
             "batch_size": params.get("train", {}).get("batch_size"),
             "devices": params.get("train", {}).get("devices"),
+            "num_nodes": params.get("train", {}).get("num_nodes"),
             "strategy": params.get("train", {}).get("strategy"),
             "num_workers": params.get("data", {}).get("num_workers"),
             "path": str(path.parent),
@@ -89,6 +105,61 @@ def load(runs_dir: str | Path = RUNS_DIR, profile: str | None = None, notebook: 
         row.update(rec.get("summary", {}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def scaling_efficiency(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds n_devices, speedup and scaling_efficiency = samples/s on N devices / (N x samples/s on one) to
+    load()'s rows. The one-device run is the finished strategy-'auto' run of the same profile, device and
+    precision; without one (or for a run that did not finish) the two are NaN."""
+    out = df.copy()
+    if out.empty:
+        return out
+    out["n_devices"] = out["devices"] * out["num_nodes"].fillna(1)
+    if "samples_per_s" not in out:
+        out["samples_per_s"] = float("nan")
+    keys = ["profile", "device_name", "precision"]
+    ones = out[(out["status"] == "ok") & (out["n_devices"] == 1) & (out["strategy"] == "auto")]
+    one = out[keys].merge(ones.groupby(keys, as_index=False)["samples_per_s"].first(), on=keys, how="left")["samples_per_s"]
+    out["speedup"] = (out["samples_per_s"] / one.to_numpy()).where(out["status"] == "ok")
+    out["scaling_efficiency"] = out["speedup"] / out["n_devices"]
+    return out
+
+
+COMPARED = {"train_time_s": "training time (s)", "samples_per_s": "samples/s", "step_s": "step (s)",
+            "peak_allocated_gb": "peak allocated (GB)", "final_train_loss": "final train loss",
+            "final_val_loss": "final val loss", "exact": "EM", "f1": "F1", "accuracy": "accuracy",
+            "test_perplexity": "test perplexity"}
+
+
+def compare(record: dict, runs_dir: str | Path | None = None) -> pd.DataFrame:
+    """This run beside your earlier runs of the same notebook and profile: the earlier runs of its
+    configuration (kept in history/ by keep_previous) and the latest run of each other configuration.
+
+    Runs that did not finish show their status instead of figures; the ratio to this run's samples/s is
+    given only for finished runs on the same device as this one."""
+    run = record["run"]
+    folder = Path(runs_dir or RUNS_DIR) / run["profile"] / run["notebook"]
+    others = [json.loads(p.read_text()) for p in sorted(folder.glob("*/result.json")) + sorted(folder.glob("*/history/*.json"))]
+    same = lambda r: r["run"]["config"] == run["config"] and r["run"].get("started") == run.get("started")  # noqa: E731
+    runs = [record] + sorted((r for r in others if not same(r)), key=lambda r: r["run"].get("started") or "", reverse=True)
+    here = device_label(record.get("env", {}))
+    rate = record.get("summary", {}).get("samples_per_s") if record.get("status") == "ok" else None
+    measured = {k: v for k, v in COMPARED.items()  # the metrics some finished run of these has
+                if any(r.get("status") == "ok" and isinstance(r.get("summary", {}).get(k), (int, float)) for r in runs)}
+    rows = []
+    for r in runs:
+        ok, summary, where = r.get("status") == "ok", r.get("summary", {}), device_label(r.get("env", {}))
+        row = {"run": "this run" if r is record else "earlier", "config": r["run"]["config"], "started": r["run"].get("started"),
+               "overrides": ", ".join(f"{k}={v}" for k, v in (r["run"].get("overrides") or {}).items()) or "—",
+               "status": r.get("status"), "device": where}
+        for key, label in measured.items():
+            value = summary.get(key)
+            row[label] = (f"{value:.4g}" if isinstance(value, (int, float)) else "—") if ok else r.get("status")
+        other = summary.get("samples_per_s") if ok else None
+        row["samples/s vs this run"] = (f"{other / rate:.2f}x" if rate and other and where == here else
+                                        "other device" if ok and where != here else "—")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["run", "config", "started"])
 
 
 def device_label(env: dict) -> str:

@@ -1,18 +1,25 @@
 """Execute every notebook for every params file of a profile with papermill (``make run-all``).
 
-    python -m labkit.runall --profile smoke [--force] [--only 01 03] [--runs-dir runs]
+    python -m labkit.runall --profile smoke [--force] [--only 01 03] [--config ddp fsdp] [--runs-dir runs]
 
 Executed notebooks land in runs/<profile>/<notebook>/<config>.ipynb beside their results records.
 A configuration whose record says it finished (ok, oom, skipped) is not run again unless --force,
-so an interrupted run-all continues where it stopped; a failed configuration does not stop the
-others, and the summary at the end lists each with its error's first line.
+so an interrupted run-all (Ctrl-C, SIGTERM from a preempted SLURM job, a kill) continues where it
+stopped; a failed configuration does not stop the others, and the summary at the end lists each
+with its error's first line. Each configuration is locked while it runs, so run-alls started side by
+side (SLURM array tasks, two terminals) share the work instead of running one configuration twice.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
+import signal
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,18 +44,51 @@ class Job:
         return runs_dir / profile / self.notebook.stem / f"{self.config}.ipynb"
 
 
-def plan(only: list[str] | None = None) -> list[Job]:
-    """Every notebook x params file, in notebook order; notebooks without params run once, last."""
+def plan(only: list[str] | None = None, configs: list[str] | None = None) -> list[Job]:
+    """Every notebook x params file, in notebook order; notebooks without params run once, last.
+    ``configs`` keeps only those configurations (params file names without .yaml)."""
     jobs, once = [], []
     for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         if only and not any(nb.stem.startswith(o) for o in only):
             continue
-        configs = sorted((PARAMS / nb.stem).glob("*.yaml"))
-        if configs:
-            jobs += [Job(nb, p) for p in configs]
+        files = sorted((PARAMS / nb.stem).glob("*.yaml"))
+        if files:
+            jobs += [Job(nb, p) for p in files]
         else:
             once.append(Job(nb, None))
+    if configs:
+        unknown = set(configs) - {j.config for j in jobs}
+        if unknown:
+            known = ", ".join(sorted({j.config for j in jobs})) or "none"
+            raise SystemExit(f"--config {' '.join(sorted(unknown))}: no such params file in the notebooks chosen "
+                             f"(--only {' '.join(only or []) or 'all'}); their configurations: {known}")
+        return [j for j in jobs if j.config in configs]
     return jobs + once
+
+
+@contextlib.contextmanager
+def claim(lock: Path) -> Iterator[str | None]:
+    """Lock one configuration while it runs; yields None when this process holds the lock, else who does.
+
+    flock is dropped by the operating system however the holder ends (even SIGKILL), so a killed run
+    leaves no stale lock; on a cluster's NFS Linux maps it to POSIX locks, which hold across nodes."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield None
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (scancel, a preempted SLURM job): stop as Ctrl-C does
 
 
 def run_job(job: Job, profile: str, runs_dir: Path) -> tuple[str, str]:
@@ -73,33 +113,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--force", action="store_true", help="run finished configurations again")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")
+    parser.add_argument("--config", nargs="*", help="configurations (params file names), e.g. ddp fsdp")
     parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
     args = parser.parse_args(argv)
     runs_dir = Path(args.runs_dir).resolve()
     os.environ["LABKIT_HEADLESS"] = "1"  # the kernels inherit it: plain progress lines in the logs
-    jobs = plan(args.only)
+    jobs = plan(args.only, args.config)
     rows = []
-    for i, job in enumerate(jobs, 1):
-        name = f"{job.notebook.stem}/{job.config}"
-        record = results.read(runs_dir / args.profile / job.notebook.stem / job.config) if job.params_file else None
-        if record and record.get("status") in FINISHED and job.output(runs_dir, args.profile).exists() and not args.force:
-            rows.append((name, "done earlier", record["status"], ""))
-            continue
-        print(f"[{i}/{len(jobs)}] {name} (profile {args.profile})", flush=True)
-        start = time.perf_counter()
-        try:
-            status, message = run_job(job, args.profile, runs_dir)
-        except KeyboardInterrupt:
-            print("\ninterrupted: finished configurations are kept; run again to continue", file=sys.stderr)
-            return 130
-        except Exception as err:  # a broken notebook file, a kernel that died: record and go on
-            status, message = "failed", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        rows.append((name, f"{time.perf_counter() - start:.0f}s", status, message))
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        for i, job in enumerate(jobs, 1):
+            name = f"{job.notebook.stem}/{job.config}"
+            out = job.output(runs_dir, args.profile)
+            with claim(out.with_name(f".{job.config}.lock")) as holder:
+                if holder:
+                    rows.append((name, "-", "busy", f"running elsewhere ({holder}); not started here"))
+                    continue
+                # read under the lock: a run-all beside this one may have just finished it
+                record = results.read(out.with_suffix("")) if job.params_file else None
+                if record and record.get("status") in FINISHED and out.exists() and not args.force:
+                    rows.append((name, "done earlier", record["status"], ""))
+                    continue
+                print(f"[{i}/{len(jobs)}] {name} (profile {args.profile})", flush=True)
+                start = time.perf_counter()
+                try:
+                    status, message = run_job(job, args.profile, runs_dir)
+                except Exception as err:  # a broken notebook file, a kernel that died: record and go on
+                    status, message = "failed", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                rows.append((name, f"{time.perf_counter() - start:.0f}s", status, message))
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished configurations are kept; run again to continue", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     width = max((len(r[0]) for r in rows), default=10)
     print(f"\n{'configuration':<{width}}  {'time':>12}  {'status':<8}  note")
     for name, took, status, message in rows:
         print(f"{name:<{width}}  {took:>12}  {status:<8}  {message[:100]}")
-    counts = {s: sum(r[2] == s for r in rows) for s in ("ok", "oom", "skipped", "failed")}
+    counts = {s: sum(r[2] == s for r in rows) for s in ("ok", "oom", "skipped", "failed", "busy")}
     print("  ".join(f"{k}: {v}" for k, v in counts.items()))
     return 1 if counts["failed"] else 0
 

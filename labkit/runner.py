@@ -27,8 +27,9 @@ def run(config_file: str | Path, profile: str = "smoke", overrides: dict[str, An
     identity = {"notebook": path.parent.name, "config": path.stem, "profile": profile,
                 "params_file": str(config_file), "overrides": overrides or {}}
     directory = results.record_dir(profile, identity["notebook"], identity["config"], runs_dir or results.RUNS_DIR)
-    if cfg.train.devices > 1 and cfg.train.strategy not in ("dp", "auto") and "LOCAL_RANK" not in os.environ:
-        from labkit.distributed import launch  # one process per device; see notebook 05
+    results.keep_previous(directory)  # the last run of this configuration stays comparable (results.compare)
+    if cfg.train.strategy in ("ddp", "fsdp", "deepspeed") and "LOCAL_RANK" not in os.environ:
+        from labkit.distributed import launch  # one process per device, even for one device; see notebook 05
 
         return launch(cfg, identity, directory)
     return execute(cfg, identity, directory)
@@ -41,12 +42,13 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
     rank = int(os.environ.get("RANK", 0))
     env = measure.environment(device)
     env["device_count"] = cfg.train.devices * cfg.train.num_nodes if cuda else cfg.train.devices
+    env["device_count"] *= cfg.model.split_devices  # a layer-split model uses several GPUs in one process
     record: dict[str, Any] = {"run": {**identity, "started": time.strftime("%Y-%m-%d %H:%M:%S")},
                               "params": cfg.model_dump(mode="json"), "env": env, "status": "running",
                               "error": None, "summary": {}, "curves": {}, "info": {}}
     save = (lambda: results.save(record, directory)) if rank == 0 else (lambda: None)
     save()
-    reason = gpu_only_reason(cfg) if not cuda else None
+    reason = gpu_only_reason(cfg, cuda)
     if reason:
         record.update(status="skipped", error=f"skipped: {reason}")
         save()
@@ -73,17 +75,28 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
     return record
 
 
-def gpu_only_reason(cfg: Config) -> str | None:
-    """Why a configuration cannot honestly run on a CPU, or None if it can."""
+def gpu_only_reason(cfg: Config, cuda: bool = False) -> str | None:
+    """Why a configuration cannot honestly run on a CPU (or on the GPUs visible), or None if it can."""
+    from labkit.distributed import unavailable_reason  # DeepSpeed installed? enough GPUs and nodes?
+
     t = cfg.train
+    if reason := unavailable_reason(cfg, cuda):
+        return reason
+    if cuda:
+        visible = torch.cuda.device_count()
+        if cfg.model.split_devices > visible:
+            return f"model.split_devices is {cfg.model.split_devices}: the layer-split model needs that many GPUs and {visible} are visible"
+        return None
     if t.accelerator == "cuda":
         return "accelerator is 'cuda' and no GPU is visible"
     if t.precision in ("tf32", "16-mixed", "bf16-mixed", "bf16-true"):
         return f"precision {t.precision} is a GPU setting; a CPU figure would say nothing about it"
     if cfg.data.on_gpu:
         return "data.on_gpu holds the data set in GPU memory"
-    if t.strategy in ("dp", "fsdp", "deepspeed"):
+    if t.strategy in ("dp", "deepspeed"):  # fsdp runs on CPUs too (FSDP2 over gloo)
         return f"strategy {t.strategy} needs GPUs"
+    if cfg.launch.backend == "nccl":
+        return "launch.backend nccl is NVIDIA's GPU library; CPUs use gloo"
     if t.fused:
         return "fused optimizer kernels are CUDA kernels"
     if cfg.model.split_devices > 1:

@@ -89,19 +89,21 @@ def load_examples(
     hub_name: str = "rajpurkar/squad_v2",
     limit: int | None = None,
     seed: int = 0,
+    context_length: str = "short",
 ) -> list[dict]:
     """Examples of one split ("train" or "validation") from `source`:
     "embedded": the synthetic set (offline; the two splits are disjoint articles),
     "local": an official-format JSON file (`path`; pass a separate file per split; a folder is
     searched for the official file names train-v2.0.json / dev-v2.0.json),
     "hub": `datasets.load_dataset(hub_name, split=split)`.
-    `limit` keeps the first N examples."""
+    `limit` keeps the first N examples; `context_length` is the embedded set's (see `generate_squad`)."""
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown split {split!r}: expected 'train' or 'validation'")
     if source == "embedded":
         # Disjoint seeds per split (2s, 2s+1), so validation articles never repeat training ones.
         num_articles = EMBEDDED_ARTICLES[split] if limit is None else math.ceil(limit / MIN_QUESTIONS_PER_ARTICLE)
-        examples = flatten_squad(generate_squad(num_articles, 2 * seed + (split == "validation")), "embedded")
+        data = generate_squad(num_articles, 2 * seed + (split == "validation"), context_length)
+        examples = flatten_squad(data, "embedded")
     elif source == "local":
         if path is None:
             raise ValueError("data.source is 'local' but no path was given: set data.path to a SQuAD 2.0 JSON file")
@@ -260,6 +262,33 @@ _FILLERS = {
 # Years after the article's start year (a city's or company's founding, a person's birth).
 _YEAR_SLOTS = {"founded": (0, 0), "born": (0, 0), "died": (55, 90)}
 _LATER_YEARS = {"city": (20, 400), "person": (18, 52), "company": (2, 120)}
+# Sentences about nothing a question asks, lengthening paragraphs to SQuAD's length (context_length "squad").
+# They name only the subject, so they add no typed span: no new distractor, no second answer.
+_PADDING_SENTENCES = [
+    "Much has been written about {E}, though not all of it is reliable.",
+    "Local archives hold several boxes of papers concerning {E}.",
+    "Visitors who arrive by road often ask for directions to the old quarter.",
+    "Historians still disagree about parts of the early story of {E}.",
+    "A short guide to {E} was printed for travellers and reprinted many times.",
+    "Some of the surviving accounts were copied by hand more than once.",
+    "Several small paintings from that period show scenes connected with {E}.",
+    "The name {E} appears in tax rolls, letters and the minutes of council meetings.",
+    "Many of these records were damaged by damp and have since been restored with care.",
+    "Scholars who study the region often begin with the story of {E}.",
+    "Not every tale told about {E} can be checked against the documents.",
+    "The surrounding countryside is mostly farmland, with a few patches of woodland.",
+    "In winter the roads were often closed for weeks at a time.",
+    "A museum in the region keeps a modest collection of objects related to {E}.",
+    "Newspapers of the time mentioned {E} only rarely.",
+    "Later writers added details that earlier sources do not mention.",
+    "Schoolchildren in the region still learn a little about {E}.",
+    "Some accounts describe long evenings spent in conversation by the fire.",
+    "The spelling of names in the oldest documents is not always consistent.",
+    "A number of photographs survive, most of them undated.",
+]
+# Extra sentences per paragraph ~ Gamma(shape, scale): features of mean ~170 tokens (median ~160, 10th-90th
+# percentile 90-280), right-skewed like SQuAD's.
+_SQUAD_LENGTH_GAMMA = (2.5, 3.8)
 # Each article has >= 2 paragraphs of >= 2 answerable and >= 1 unanswerable question.
 MIN_QUESTIONS_PER_ARTICLE = 6
 _SLOT = re.compile(r"\{(\w+)\}")
@@ -323,7 +352,7 @@ def _fill(template: str, values: dict[str, str]) -> tuple[str, dict[str, tuple[i
     return "".join(parts), spans
 
 
-def _article(rng: random.Random, qid: str) -> dict:
+def _article(rng: random.Random, qid: str, context_length: str = "short") -> dict:
     kind = rng.choice(list(_FACTS))
     subject = _NAMES[kind](rng)
     start_year = rng.randint(1150, 1850)
@@ -337,17 +366,23 @@ def _article(rng: random.Random, qid: str) -> dict:
     while len(paragraphs) < n_paragraphs and len(facts) - used >= 2:
         members = list(range(used, min(used + rng.randint(2, 3), len(facts))))
         used = members[-1] + 1
-        paragraph = _paragraph(rng, kind, subject, start_year, facts, values, members, f"{qid}-{len(paragraphs)}")
+        paragraph = _paragraph(rng, kind, subject, start_year, facts, values, members, f"{qid}-{len(paragraphs)}",
+                               context_length)
         paragraphs.append(paragraph)
     return {"title": subject.replace(" ", "_"), "paragraphs": paragraphs}
 
 
 def _paragraph(rng: random.Random, kind: str, subject: str, start_year: int, facts: list, values: list[dict],
-               members: list[int], qid: str) -> dict:
+               members: list[int], qid: str, context_length: str = "short") -> dict:
     sentences = [(i, _fill(rng.choice(facts[i][0]), values[i])) for i in members]
     for filler in rng.sample(_FILLERS[kind], rng.randint(0, 2)):
         filler_values = {"E": subject} | {s: _value(s, kind, start_year, rng) for s in _slots(filler)}
         sentences.insert(rng.randint(0, len(sentences)), (None, _fill(filler, filler_values)))
+    if context_length == "squad":  # a random stream of its own: the facts, questions and answers stay the same
+        extra = random.Random(f"labkit-squad-length-{qid}")
+        for _ in range(round(extra.gammavariate(*_SQUAD_LENGTH_GAMMA))):
+            sentence = _fill(extra.choice(_PADDING_SENTENCES), {"E": subject})
+            sentences.insert(extra.randint(0, len(sentences)), (None, sentence))
     context, spans, typed = "", {}, []  # spans: fact -> slot -> context span; typed: (type, span)
     for i, (text, local) in sentences:
         offset = len(context) + (1 if context else 0)
@@ -391,10 +426,16 @@ def _paragraph(rng: random.Random, kind: str, subject: str, start_year: int, fac
     return {"context": context, "qas": [{"id": f"{qid}-{n}", **qa} for n, qa in enumerate(qas)]}
 
 
-def generate_squad(num_articles: int, seed: int = 0) -> dict:
+def generate_squad(num_articles: int, seed: int = 0, context_length: str = "short") -> dict:
     """A synthetic SQuAD 2.0 set in the official JSON format (flatten it with `flatten_squad`).
-    Article i depends only on (seed, i), so a larger `num_articles` extends a smaller one."""
-    data = [_article(random.Random(f"labkit-squad-{seed}-{i}"), f"syn{seed}-{i}") for i in range(num_articles)]
+    Article i depends only on (seed, i), so a larger `num_articles` extends a smaller one.
+    `context_length` "short": paragraphs of a few sentences (features of ~50 tokens, quick to learn);
+    "squad": the same facts and questions among extra sentences that no question asks about, so
+    features have SQuAD's length distribution (mean ~170 tokens, ~2% filling a 384-token window)."""
+    if context_length not in ("short", "squad"):
+        raise ValueError(f"context_length {context_length!r}: expected 'short' or 'squad'")
+    data = [_article(random.Random(f"labkit-squad-{seed}-{i}"), f"syn{seed}-{i}", context_length)
+            for i in range(num_articles)]
     return {"version": "v2.0", "data": data}
 
 

@@ -1,18 +1,27 @@
-"""The BERT-on-SQuAD 2.0 task: examples -> features -> BERT-QA, scored by the official metric."""
+"""The BERT-on-SQuAD 2.0 task: examples -> features -> BERT-QA, scored by the official metric.
+
+Features are padded to ``data.max_length`` when tokenised; ``data.padding`` decides what a training
+batch keeps of that padding: all of it (max_length), up to its longest feature (dynamic, best with
+``data.group_by_length``), or none (packed: labkit.packing). The loss is the same in all three: a
+cross-entropy over each feature's real tokens (padding never enters the softmax), so a packed batch
+and the same batch padded give the same loss.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from labkit import squad
+from labkit import packing, squad
 from labkit.config import Config
 from labkit.models import bert
 from labkit.tasks import Task, transformer_flops_per_sample
 
 HUB_DATASET = "rajpurkar/squad_v2"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LABELS = ("start_positions", "end_positions")
 
 
 class Features(Dataset):
@@ -30,7 +39,7 @@ class Features(Dataset):
 
 def load_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
     d = cfg.data
-    kwargs = dict(hub_name=d.hub_name or HUB_DATASET, seed=cfg.train.seed)
+    kwargs = dict(hub_name=d.hub_name or HUB_DATASET, seed=cfg.train.seed, context_length=d.context_length)
     if d.source == "local" and not d.val_path:
         # One local file: hold out its last articles for validation, so validation is unseen text.
         examples = squad.load_examples("local", "train", path=d.path, **kwargs)
@@ -56,13 +65,68 @@ def load_tokenizer(cfg: Config, texts: list[str]):
     return AutoTokenizer.from_pretrained(source)
 
 
+def qa_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Mean of the start and end cross-entropies, each a softmax over the feature's real tokens only."""
+    out = model(**{k: v for k, v in batch.items() if k not in LABELS})
+    if "cu_seq_lens_q" in batch:  # packed: one row, a softmax per feature
+        cu = batch["cu_seq_lens_q"]
+        segments = packing.segment_ids(cu, out.start_logits.shape[-1])
+
+        def nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            logits = logits[0].float()
+            return (packing.segment_logsumexp(logits, segments, len(cu) - 1) - logits[target]).mean()
+    else:
+        padding = batch["attention_mask"] == 0
+
+        def nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits.float().masked_fill(padding, float("-inf")), target)
+    return (nll(out.start_logits, batch["start_positions"]) + nll(out.end_logits, batch["end_positions"])) / 2
+
+
+def batching(cfg: Config, lengths: torch.Tensor, padding_side: str):
+    """collate_fn and training sampler for data.padding and data.group_by_length."""
+    d, t = cfg.data, cfg.train
+    if d.padding != "max_length" and padding_side != "right":
+        raise ValueError(f"data.padding '{d.padding}' cuts padding off the right of each feature, but this tokenizer "
+                         "pads on the left: use data.padding max_length")
+    if d.padding == "packed" and t.strategy == "dp":
+        raise ValueError("data.padding 'packed' makes each batch one row, which DataParallel cannot split over its GPUs: "
+                         "use train.strategy ddp, or data.padding dynamic")
+    collate = {"max_length": None, "dynamic": packing.DynamicPadding(), "packed": packing.Packing(LABELS)}[d.padding]
+    # One group is one optimizer micro-step's batches over every device, so each rank's batch is alike in length.
+    group = t.batch_size * t.devices * t.num_nodes
+    sampler = packing.LengthGroupedSampler(lengths.tolist(), group, seed=t.seed) if d.group_by_length else None
+    return collate, sampler
+
+
+def flops_per_feature(cfg: Config, model: nn.Module, info: dict, lengths: torch.Tensor, sampler) -> tuple[float, dict]:
+    """Training FLOPs per feature for MFU, counted over the tokens the model runs on, and what they count (for
+    the record). Padded to max_length: that length. Dynamic: each batch's padded width, averaged over one
+    epoch's batches as the sampler (or a shuffle) forms them. Packed: each feature's real tokens only."""
+    d = cfg.data
+    n = bert.non_embedding_params(model)
+    flops = lambda tokens: transformer_flops_per_sample(n, info["layers"], info["hidden"], tokens)  # noqa: E731
+    if d.padding == "max_length":
+        return flops(d.max_length), {"flops_counted": f"every feature padded to {d.max_length} tokens"}
+    if d.padding == "packed":
+        return float(flops(lengths.double()).mean()), {"flops_counted": "real tokens only, attention within each feature"}
+    order = torch.tensor(list(sampler)) if sampler else torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))
+    batches = lengths[order].split(cfg.train.batch_size)
+    multiple = packing.DynamicPadding().multiple
+    widths = torch.tensor([min(-(-int(b.max()) // multiple) * multiple, d.max_length) for b in batches], dtype=torch.float64)
+    sizes = torch.tensor([len(b) for b in batches], dtype=torch.float64)
+    padded = float((widths * sizes).sum() / sizes.sum())
+    return float((flops(widths) * sizes).sum() / sizes.sum()), {
+        "flops_counted": f"each batch's padded width (mean {padded:.0f} tokens)", "mean_padded_tokens": padded}
+
+
 def build_task(cfg: Config) -> Task:
     d = cfg.data
     train_examples, val_examples = load_splits(cfg)
     texts = list(dict.fromkeys(e["context"] for e in train_examples)) + [e["question"] for e in train_examples]
     tokenizer = load_tokenizer(cfg, texts)
     model, info = bert.build(cfg.model, len(tokenizer), d.max_length)
-    labelled = MODEL_INPUTS + ("start_positions", "end_positions")
+    labelled = MODEL_INPUTS + LABELS
     train_set = Features(squad.prepare_train_features(train_examples, tokenizer, d.max_length, d.doc_stride), labelled)
     val_set = Features(squad.prepare_train_features(val_examples, tokenizer, d.max_length, d.doc_stride), labelled)
     eval_features = squad.prepare_eval_features(val_examples, tokenizer, d.max_length, d.doc_stride)
@@ -81,8 +145,19 @@ def build_task(cfg: Config) -> Task:
                                                     torch.cat(ends).numpy())
         return squad.evaluate(val_examples, predictions)
 
-    info.update(data_source=d.source, train_examples=len(train_examples), val_examples=len(val_examples),
-                train_features=len(train_set), val_features=len(val_set),
-                mean_real_tokens=float(np.mean(train_set.tensors["attention_mask"].sum(1).numpy())))
-    flops = transformer_flops_per_sample(bert.non_embedding_params(model), info["layers"], info["hidden"], d.max_length)
-    return Task(model=model, train_set=train_set, val_set=val_set, evaluate=evaluate, flops_per_sample=flops, info=info)
+    lengths = train_set.tensors["attention_mask"].sum(1)
+    collate, sampler = batching(cfg, lengths, tokenizer.padding_side)
+    if d.padding == "packed":
+        model.set_attn_implementation(packing.register())
+        half = cfg.train.precision in ("16-mixed", "bf16-mixed", "bf16-true")
+        info["attention"] = packing.kernel_name(torch.cuda.is_available() and cfg.train.accelerator != "cpu", half)
+        info["attention_dropout"] = "off (packed batches: the varlen kernel has none)"
+    source = "embedded, SQuAD-length contexts" if d.source == "embedded" and d.context_length == "squad" else d.source
+    info.update(data_source=source, train_examples=len(train_examples), val_examples=len(val_examples),
+                train_features=len(train_set), val_features=len(val_set), padding=d.padding,
+                group_by_length=d.group_by_length, mean_real_tokens=float(lengths.double().mean()),
+                real_token_percentiles={p: float(np.percentile(lengths.numpy(), p)) for p in (10, 50, 90)})
+    flops, counted = flops_per_feature(cfg, model, info, lengths, sampler)
+    info.update(counted)
+    return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=collate, evaluate=evaluate, loss=qa_loss,
+                flops_per_sample=flops, info=info, train_sampler=sampler)

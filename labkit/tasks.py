@@ -28,17 +28,22 @@ TASK_MODULES = {
 def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Hugging Face models compute their own loss from the labels in the batch; others classify."""
     if isinstance(batch, dict):
-        return model(**batch).loss
+        return model(**batch).loss.mean()  # DataParallel gathers one loss per GPU
     inputs, targets = batch
     return F.cross_entropy(model(inputs), targets)
 
 
 def batch_size_of(batch: Any) -> int:
-    return len(batch["input_ids"]) if isinstance(batch, dict) else len(batch[0])
+    """Samples in a batch; a packed batch (labkit.packing: one row of several sequences) counts its sequences."""
+    if isinstance(batch, dict):
+        return len(batch["cu_seq_lens_q"]) - 1 if "cu_seq_lens_q" in batch else len(batch["input_ids"])
+    return len(batch[0])
 
 
 def real_tokens_of(batch: Any) -> torch.Tensor | None:
     """Non-padding tokens in a batch (a device tensor: reading it later avoids a sync per step)."""
+    if isinstance(batch, dict) and "cu_seq_lens_q" in batch:
+        return batch["cu_seq_lens_q"][-1]  # a packed row holds real tokens only
     if isinstance(batch, dict) and "attention_mask" in batch:
         return batch["attention_mask"].sum()
     return None

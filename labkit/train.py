@@ -13,10 +13,14 @@ from typing import Any
 
 import torch
 from lightning.fabric import Fabric
+from lightning.fabric.plugins.environments import TorchElasticEnvironment
+from lightning.fabric.strategies import DataParallelStrategy, DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
+from torch import nn
 from torch.utils.data import DataLoader
 
 from labkit import measure
-from labkit.config import Config
+from labkit.config import Config, TrainConfig
+from labkit.distributed import NO_MULTICAST
 from labkit.optim import build_optimizer, build_schedule, count_parameters
 from labkit.tasks import Task, batch_size_of, real_tokens_of
 
@@ -40,13 +44,57 @@ def make_fabric(cfg: Config) -> Fabric:
     torch.backends.cuda.matmul.allow_tf32 = t.precision == "tf32"
     torch.backends.cudnn.allow_tf32 = t.precision == "tf32"
     torch.set_float32_matmul_precision("high" if t.precision == "tf32" else "highest")
-    strategy: Any = t.strategy
-    if t.strategy == "deepspeed":
-        from lightning.fabric.strategies import DeepSpeedStrategy
+    # Inputs keep one shape per run, so cuDNN may time its convolution algorithms once and keep the fastest.
+    torch.backends.cudnn.benchmark = True
+    os.environ.update(NO_MULTICAST)  # before any process group or NCCL communicator exists
+    backend = None if cfg.launch.backend == "auto" else cfg.launch.backend  # auto: nccl on GPUs, gloo on CPUs
+    strategy: Any = t.strategy  # auto: one device; dp: DataParallel over this process's GPUs
+    if t.strategy == "ddp":
+        strategy = DDPStrategy(process_group_backend=backend, gradient_as_bucket_view=True)
+    elif t.strategy == "fsdp":
+        strategy = ModelParallelStrategy(lambda model, mesh: shard_blocks(model, mesh["data_parallel"], t.precision),
+                                         data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1,
+                                         process_group_backend=backend)
+    elif t.strategy == "deepspeed":
+        strategy = DeepSpeedStrategy(stage=t.zero_stage, process_group_backend=backend)
+    # Ranks started by torchrun (labkit.distributed) take rank and world size from it, also inside a SLURM job,
+    # whose own variables describe srun's tasks (one per node), not the ranks.
+    plugins = [TorchElasticEnvironment()] if torch.distributed.is_torchelastic_launched() else None
+    fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+                    precision=FABRIC_PRECISION[t.precision], plugins=plugins)
+    fabric.launch()  # joins this rank to the process group; starts no process (labkit.distributed did)
+    return fabric
 
-        strategy = DeepSpeedStrategy(stage=t.zero_stage)
-    return Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                  strategy=strategy, precision=FABRIC_PRECISION[t.precision])
+
+def shard_blocks(model: nn.Module, mesh, precision: str) -> nn.Module:
+    """FSDP2: each block of the model's outermost layer lists (the transformer layers) is one unit, whose
+    parameters are gathered just before it runs and freed after; the rest (embeddings, head) is the root unit.
+    In bf16-mixed the gathered parameters are bf16 (half the traffic) and gradients are reduced in fp32."""
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:  # torch 2.5
+        from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if precision == "bf16-mixed":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in _outer_blocks(model):
+        fully_shard(block, **kwargs)
+    return fully_shard(model, **kwargs)
+
+
+def _outer_blocks(module: nn.Module):
+    for child in module.children():
+        if isinstance(child, nn.ModuleList):
+            yield from child
+        else:
+            yield from _outer_blocks(child)
+
+
+def process_batch(cfg: Config) -> int:
+    """Samples one process loads per micro-step: train.batch_size is per device, and a DataParallel
+    process splits its batch over all its GPUs."""
+    return cfg.train.batch_size * (cfg.train.devices if cfg.train.strategy == "dp" else 1)
 
 
 def make_loader(cfg: Config, dataset, collate_fn, shuffle: bool, sampler=None) -> DataLoader:
@@ -54,8 +102,37 @@ def make_loader(cfg: Config, dataset, collate_fn, shuffle: bool, sampler=None) -
     workers = {"num_workers": d.num_workers}
     if d.num_workers > 0:
         workers.update(persistent_workers=d.persistent_workers, prefetch_factor=d.prefetch_factor)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+    return DataLoader(dataset, batch_size=process_batch(cfg), shuffle=shuffle and sampler is None, sampler=sampler,
                       collate_fn=collate_fn, pin_memory=d.pin_memory, drop_last=shuffle, **workers)
+
+
+def setup_model_and_optimizer(fabric: Fabric, model: nn.Module, t: TrainConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """FSDP replaces the parameters with shards, so the optimizer is built after the model is set up;
+    DeepSpeed takes both in one call. A model already placed over several devices (layer-split model
+    parallel, labkit/models/t5.py) stays put."""
+    move = len({p.device for p in model.parameters()}) == 1
+    if isinstance(fabric.strategy, DeepSpeedStrategy):
+        return fabric.setup(model, build_optimizer(model, t), move_to_device=move)
+    model = fabric.setup_module(model, move_to_device=move)
+    return model, fabric.setup_optimizers(build_optimizer(model, t))
+
+
+def devices_of_process(fabric: Fabric, model: nn.Module) -> list[torch.device]:
+    """The devices this process drives: DataParallel's GPUs (it copies the model to each every step),
+    a layer-split model's GPUs, or its one device."""
+    if isinstance(fabric.strategy, DataParallelStrategy):
+        return list(fabric.strategy.parallel_devices)
+    return measure.devices_of(model, fabric.device)
+
+
+def memory_per_gpu(fabric: Fabric, devices: list[torch.device]) -> dict[str, float]:
+    """Peak memory of the fullest GPU, and of each GPU (peak_allocated_gb_gpu<i>): read here for this
+    process's GPUs, gathered from every rank when there are several (i is then the rank)."""
+    memory = measure.memory_gb(*devices)
+    if fabric.world_size > 1 and memory:
+        peaks = fabric.all_gather(torch.tensor(memory["peak_allocated_gb"], device=fabric.device)).flatten().tolist()
+        memory.update(peak_allocated_gb=max(peaks), **{f"peak_allocated_gb_gpu{r}": gb for r, gb in enumerate(peaks)})
+    return memory
 
 
 def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
@@ -66,12 +143,15 @@ def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     counts = count_parameters(model)
-    optimizer = build_optimizer(model, t)
     if cfg.model.compile:
         model = torch.compile(model)
-    model, optimizer = fabric.setup(model, optimizer)
+    memory = measure.MemoryProbe(device)  # allocated memory around the first step: the memory breakdown
+    model, optimizer = setup_model_and_optimizer(fabric, model, t)
+    memory.read("setup")
+    # Under several ranks every sampler is sharded (a task's own sampler too), so each sample is seen once an epoch.
+    # The loop moves each batch itself, after the data timer, so that 'data' is the loader's time alone.
     train_loader = fabric.setup_dataloaders(make_loader(cfg, task.train_set, task.collate_fn, True, task.train_sampler),
-                                            use_distributed_sampler=task.train_sampler is None)
+                                            move_to_device=False)
     val_loader = fabric.setup_dataloaders(make_loader(cfg, task.val_set, task.collate_fn, False))
 
     steps_per_epoch = len(train_loader) // t.grad_accum
@@ -87,27 +167,37 @@ def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
     step = samples = since_log = 0
     tokens = torch.zeros((), device=device, dtype=torch.long)
     train_time = 0.0
-    measure.reset_peak_memory(device)
-    with measure.GPUSampler(m.gpu_sample_interval, device_index=device.index or 0) as sampler:
+    devices = devices_of_process(fabric, model)  # several under DataParallel or when the model is layer-split
+    profiler = measure.CommProfiler(device, m.profile_steps)
+    steady_from = m.warmup_steps + m.profile_steps  # profiled steps are slower: left out of throughput
+    measure.reset_peak_memory(*devices)
+    with measure.GPUSampler(m.gpu_sample_interval, device_index=[d.index or 0 for d in devices]) as sampler:
         bar = progress_bar(total=int(total_steps), desc=cfg.task, unit="step", disable=fabric.global_rank != 0)
         for epoch in range(t.epochs):
             model.train()
             epoch_start = time.perf_counter()
-            if step >= m.warmup_steps:
+            shown_at, shown_samples = epoch_start, samples  # the bar's throughput: since the last loss shown
+            if step >= steady_from:
                 clock.start(samples)
             running = torch.zeros((), device=device)
             batches = iter(train_loader)
             for micro in range(steps_per_epoch * t.grad_accum):
                 with timer.data(), measure.nvtx_range("data", m.nvtx):
                     batch = next(batches)
+                batch = fabric.to_device(batch)
                 if micro % t.grad_accum == 0:
+                    if step == m.warmup_steps:
+                        profiler.start(step)
                     timer.mark("start")
                 accumulating = (micro + 1) % t.grad_accum != 0
                 with fabric.no_backward_sync(model, enabled=accumulating):
                     with measure.nvtx_range("forward", m.nvtx):
+                        memory.read("start")
                         loss = task.loss(model, batch) / t.grad_accum
+                        memory.read("forward")
                     with measure.nvtx_range("backward", m.nvtx):
                         fabric.backward(loss)
+                        memory.read("backward")
                 running += loss.detach()
                 samples += batch_size_of(batch)
                 batch_tokens = real_tokens_of(batch)
@@ -120,24 +210,33 @@ def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
                     if t.grad_clip:
                         fabric.clip_gradients(model, optimizer, max_norm=t.grad_clip)
                     optimizer.step()
+                    memory.read("optimizer")
                     optimizer.zero_grad(set_to_none=True)
                     schedule.step()
                 timer.mark("end")
                 step += 1
                 since_log += 1
-                if step == m.warmup_steps:
+                if step == steady_from:
+                    profiler.stop(step)
                     clock.start(samples)  # steady state begins after compilation and allocator warm-up
+                    # Peak memory is the steady state's too: cuDNN's algorithm search and compilation
+                    # allocate scratch space in the first steps that training itself never needs again.
+                    measure.reset_peak_memory(*devices)
                 if step % t.log_every == 0 or step == total_steps:
                     # .item() syncs, so the loss is read only every log_every steps
                     value = fabric.all_reduce(running, reduce_op="mean").item() / since_log
                     running.zero_()
                     since_log = 0
                     curves["train_loss"].append([step, epoch + (micro + 1) / (steps_per_epoch * t.grad_accum), value])
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{value:.3f}")
+                    now = time.perf_counter()  # after .item(): the device has finished these steps
+                    rate = fabric.world_size * (samples - shown_samples) / (now - shown_at)
+                    shown_at, shown_samples = now, samples
+                    bar.set_postfix({"epoch": epoch + 1, "loss": f"{value:.3f}", "samples/s": f"{rate:.1f}"}, refresh=False)
                 bar.update(1)
                 if step >= total_steps:
                     break
             clock.stop(samples)
+            profiler.stop(step)
             curves["epoch_time_s"].append(time.perf_counter() - epoch_start)
             train_time += curves["epoch_time_s"][-1]
             if t.eval_every_epoch or step >= total_steps:
@@ -158,8 +257,12 @@ def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
         "first_train_loss": curves["train_loss"][0][2] if curves["train_loss"] else None,
         "final_train_loss": curves["train_loss"][-1][2] if curves["train_loss"] else None,
         "final_val_loss": curves["val_loss"][-1][2] if curves["val_loss"] else None,
-        **timer.summary(skip=m.warmup_steps),
-        **measure.memory_gb(device),
+        "global_batch": process_batch(cfg) * t.grad_accum * world,
+        **timer.summary(skip=steady_from),
+        **memory_per_gpu(fabric, devices),
+        **memory.measured_gb(),
+        **measure.computed_memory_gb(model, optimizer),
+        **profiler.summary(),
         **sampler.summary(),
     }
     total_tokens = fabric.all_reduce(tokens.float(), reduce_op="sum").item()
@@ -171,7 +274,7 @@ def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
         peak = measure.peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else "", t.precision)
         summary["model_tflops_per_s"] = task.flops_per_sample * summary["samples_per_s"] / 1e12
         if peak:
-            summary["mfu"] = summary["model_tflops_per_s"] / (peak * world)
+            summary["mfu"] = summary["model_tflops_per_s"] / (peak * world * len(devices))
     curves["gpu"] = sampler.samples
     curves["steps"] = timer.steps
     return {"summary": summary, "curves": curves}
@@ -200,13 +303,15 @@ class SteadyClock:
 def validate(cfg: Config, task: Task, model, val_loader, fabric: Fabric) -> dict[str, float]:
     """Validation loss over the validation loader, then the task's own metric."""
     model.eval()
-    total, batches = torch.zeros((), device=fabric.device), 0
+    total, count = torch.zeros((), device=fabric.device), torch.zeros((), device=fabric.device)
     for i, batch in enumerate(progress_bar(iterable=val_loader, desc="validate", leave=False, disable=fabric.global_rank != 0)):
         if cfg.train.eval_batches and i >= cfg.train.eval_batches:
             break
-        total += task.loss(model, batch).detach()
-        batches += 1
-    metrics = {"val_loss": fabric.all_reduce(total / max(batches, 1), reduce_op="mean").item()}
+        total += task.loss(model, batch).detach() * batch_size_of(batch)
+        count += batch_size_of(batch)
+    # Summed over samples and ranks: the mean over the validation samples however they are split into batches and shards.
+    total, count = fabric.all_reduce(total, reduce_op="sum"), fabric.all_reduce(count, reduce_op="sum")
+    metrics = {"val_loss": (total / count.clamp(min=1)).item()}
     if task.evaluate is not None:
         metrics.update(task.evaluate(model))
     model.train()

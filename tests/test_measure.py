@@ -19,6 +19,7 @@ def test_step_timer_splits_phases_on_cpu():
     assert len(timer.steps) == 4
     assert 0.009 < s["data_s"] < 0.05 and 0.019 < s["fwd_bwd_s"] < 0.07 and 0.004 < s["optimizer_s"] < 0.04
     assert abs(s["step_s"] - (s["data_s"] + s["fwd_bwd_s"] + s["optimizer_s"])) < 0.01
+    assert abs(s["wait_s"] - s["data_s"]) < 0.01  # on a CPU the only time outside the phases is the loader's
 
 
 def test_gpu_sampler_is_a_clean_no_op_without_gpu():

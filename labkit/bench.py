@@ -1,0 +1,207 @@
+"""Throughput of the configurations that decide speed, side by side (``make bench``).
+
+    python -m labkit.bench --profile bench [--only bert 03/fast_path ...] [--steps N] [--runs-dir runs]
+
+Each configuration in ``BENCH`` runs through ``labkit.run`` (its params file over the profile, for the
+profile's fixed number of steps; ``--steps`` caps them all), one after another in this process, with
+torch.compile's caches reset in between, so each compiled configuration pays for, and is timed after, its
+own compilation. BERT also gets the Hugging Face Trainer on the same padded input
+(benchmarks/trainer_bert_qa.py, in a process of its own). ``--only`` picks groups (bert, resnext, gpt2, t5)
+or single rows ('01/fast_path', 'trainer'). Records go under runs/<profile>/bench/, apart from the notebooks'
+own; the comparison table of this call (configuration, device, samples/s, real tokens/s, MFU, peak memory,
+epoch time) goes to runs/<profile>/bench/bench.csv and bench.md (bench-<only>.* with --only), with the
+issue's targets below it, and is printed at the end. GPU-only configurations on a CPU are recorded as
+skipped, with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from labkit import config, results
+from labkit.runner import gpu_only_reason, run
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINER = "trainer"  # the Hugging Face Trainer row
+TRAINER_SCRIPT = ROOT / "benchmarks" / "trainer_bert_qa.py"
+TRAINER_CONFIG = "params/01_baseline_bert_squad/baseline_bf16.yaml"  # its settings and input: bf16, SDPA, padded
+BENCH = {  # group -> params files (or TRAINER), in table order
+    "bert": ["params/01_baseline_bert_squad/baseline.yaml", "params/01_baseline_bert_squad/baseline_bf16.yaml",
+             TRAINER, "params/01_baseline_bert_squad/fast_path_padded.yaml",
+             "params/01_baseline_bert_squad/fast_path.yaml", "params/01_baseline_bert_squad/fast_path_packed.yaml"],
+    "resnext": ["params/03_mixed_precision/resnext_bf16_channels_last.yaml", "params/03_mixed_precision/fast_path.yaml"],
+    "gpt2": ["params/06_lora_optimizer_sweep/r10_adamw.yaml", "params/06_lora_optimizer_sweep/fast_path.yaml"],
+    "t5": ["params/07_t5_model_parallel/gsm8k_bf16.yaml", "params/07_t5_model_parallel/fast_path.yaml"],
+}
+ROW = ["configuration", "device", "status", "samples_per_s", "tokens_per_s", "mfu", "peak_allocated_gb", "step_s",
+       "epoch_s", "steps", "mean_real_tokens", "trainer_samples_per_s", "mfu_counts", "attention", "data", "note"]
+COLUMNS = {"samples_per_s": "samples/s", "tokens_per_s": "real tokens/s", "mfu": "MFU (%)",
+           "peak_allocated_gb": "peak allocated (GB)", "step_s": "step (ms)", "epoch_s": "last epoch (s)"}
+
+
+def name_of(item: str) -> str:
+    """'01/fast_path' for params/01_baseline_bert_squad/fast_path.yaml; 'trainer' for the Trainer."""
+    path = Path(item)
+    return item if item == TRAINER else f"{path.parent.name[:2]}/{path.stem}"
+
+
+def selected(only: list[str] | None) -> list[str]:
+    """The BENCH items of the groups or rows named (all without a name), in BENCH order."""
+    known = set(BENCH) | {name_of(i) for items in BENCH.values() for i in items}
+    if unknown := sorted(set(only or []) - known):
+        raise SystemExit(f"--only {' '.join(unknown)}: not a bench group or row; choose from {', '.join(sorted(known))}")
+    return [i for group, items in BENCH.items() for i in items if not only or group in only or name_of(i) in only]
+
+
+def record_row(record: dict) -> dict:
+    """One table row from a results record."""
+    s, info, p = record.get("summary", {}), record.get("info", {}), record.get("params", {})
+    epochs = record.get("curves", {}).get("epoch_time_s", [])
+    return {"configuration": name_of(record["run"]["params_file"]), "device": results.device_label(record.get("env", {})),
+            "status": record["status"], "samples_per_s": s.get("samples_per_s"), "tokens_per_s": s.get("tokens_per_s"),
+            "mfu": 100 * s["mfu"] if s.get("mfu") is not None else None, "peak_allocated_gb": s.get("peak_allocated_gb"),
+            "step_s": 1e3 * s["step_s"] if s.get("step_s") is not None else None,
+            "epoch_s": epochs[-1] if p.get("task") == "cifar_resnext" and epochs else None,
+            "steps": s.get("steps"), "mean_real_tokens": info.get("mean_real_tokens"),
+            "mfu_counts": info.get("flops_counted"), "attention": info.get("attention"),
+            "data": info.get("data_source"), "note": record.get("error") or p.get("description", "")}
+
+
+def trainer_row(profile: str, steps: int | None, directory: Path) -> dict:
+    """The Trainer on notebook 01's bf16 configuration, in a fresh process (skipped where its settings need a GPU)."""
+    cuda = torch.cuda.is_available()
+    row = {"configuration": TRAINER, "status": "skipped",
+           "device": results.device_label({"device": "cuda", "device_name": torch.cuda.get_device_name()} if cuda else
+                                          {"device": "cpu"})}
+    reason = gpu_only_reason(config.load(TRAINER_CONFIG, profile), cuda)
+    if reason:
+        return {**row, "note": f"skipped: {reason}"}
+    out = directory / "trainer.json"
+    out.unlink(missing_ok=True)
+    command = [sys.executable, str(TRAINER_SCRIPT), "--config", TRAINER_CONFIG, "--profile", profile, "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(command + (["--steps", str(steps)] if steps else []), cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if done.returncode or not out.is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**row, "status": "failed", "note": f"benchmarks/trainer_bert_qa.py exited {done.returncode}: {last}"}
+    r = json.loads(out.read_text())
+    return {**row, "status": "ok", "samples_per_s": r["samples_per_s"],
+            "tokens_per_s": r["tokens_per_s"], "mfu": 100 * r["mfu"] if r.get("mfu") is not None else None,
+            "peak_allocated_gb": r.get("peak_allocated_gb"), "step_s": 1e3 * r["step_s"], "steps": r["steps"],
+            "mean_real_tokens": r["mean_real_tokens"], "mfu_counts": r["flops_counted"],
+            "trainer_samples_per_s": r["trainer_samples_per_s"],
+            "note": f"HF Trainer {r['transformers']}, {r['precision']}, optimizer {r['optimizer']}, no compile; its own "
+                    f"train_samples_per_second (whole train() call, start-up included): {r['trainer_samples_per_s']:.1f}"}
+
+
+def bench(profile: str, items: list[str], steps: int | None, directory: Path) -> pd.DataFrame:
+    """Run ``items`` one after another; one table row each."""
+    overrides = {"train.max_steps": steps} if steps else {}
+    rows = []
+    for item in items:
+        print(f"[bench] {name_of(item)} (profile {profile})", flush=True)
+        start = time.perf_counter()
+        if item == TRAINER:
+            rows.append(trainer_row(profile, steps, directory))
+        else:
+            try:
+                run(item, profile, overrides, directory)
+            except Exception as err:  # recorded as failed by the runner; the bench goes on
+                print(f"[bench] {name_of(item)} failed: {type(err).__name__}: {err}", flush=True)
+            finally:
+                torch._dynamo.reset()  # a fresh compilation per configuration, and no cache limit reached
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            path = results.record_dir(profile, Path(item).parent.name, Path(item).stem, directory)
+            rows.append(record_row(results.read(path)))
+        print(f"[bench] {name_of(item)}: {rows[-1]['status']} after {time.perf_counter() - start:.0f} s", flush=True)
+    return pd.DataFrame(rows).reindex(columns=ROW).set_index("configuration")
+
+
+def targets(table: pd.DataFrame) -> list[str]:
+    """The issue's targets, each from two rows of this table (so from this call), or why it is not measured."""
+    def ok(name: str) -> pd.Series | None:
+        return table.loc[name] if name in table.index and table.loc[name, "status"] == "ok" else None
+
+    def missing(*names: str) -> str:
+        return ", ".join(f"{n}: {table.loc[n, 'status'] if n in table.index else 'not run'}" for n in names if ok(n) is None)
+
+    lines = []
+    fast, trainer = ok("01/fast_path_padded"), ok(TRAINER)
+    if fast is not None and trainer is not None:
+        lines.append(f"BERT fast path on the padded input vs the HF Trainer on the same input: "
+                     f"{fast['samples_per_s'] / trainer['trainer_samples_per_s']:.2f}x the Trainer's own figure (start-up "
+                     f"included), {fast['samples_per_s'] / trainer['samples_per_s']:.2f}x its steady state (target: 1.7x)")
+    else:
+        lines.append(f"BERT fast path vs Trainer: not measured ({missing('01/fast_path_padded', TRAINER)})")
+    packed, padded = ok("01/fast_path_packed"), ok("01/fast_path_padded")
+    if packed is not None and padded is not None:
+        tokens = packed.get("mean_real_tokens")
+        lines.append(f"padding-free vs padded, same fast path, features of mean {tokens:.0f} real tokens: "
+                     f"{packed['samples_per_s'] / padded['samples_per_s']:.2f}x samples/s (target: 1.8x)")
+    else:
+        lines.append(f"padding-free vs padded: not measured ({missing('01/fast_path_packed', '01/fast_path_padded')})")
+    resnext = ok("03/fast_path")
+    if resnext is not None and resnext["epoch_s"] is not None:
+        lines.append(f"ResNeXt fast path: {resnext['epoch_s']:.2f} s for its last epoch, data included (target: under 4 s)")
+    else:
+        lines.append(f"ResNeXt fast path epoch: not measured ({missing('03/fast_path')})")
+    return lines
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A Markdown table (pandas' to_markdown needs tabulate, which the kit does not install)."""
+    cells = [[str(df.index.name)] + list(df.columns)] + [[str(i)] + [_cell(v) for v in row] for i, row in df.iterrows()]
+    lines = ["| " + " | ".join(c) + " |" for c in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(cells[0])] + lines[1:])
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return str(value).replace("|", "/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="bench")
+    parser.add_argument("--only", nargs="*", help="groups (bert, resnext, gpt2, t5) or rows ('01/fast_path') to run")
+    parser.add_argument("--steps", type=int, help="cap every configuration at this many optimizer steps")
+    parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
+    args = parser.parse_args(argv)
+    os.environ["LABKIT_HEADLESS"] = "1"  # plain, infrequent progress lines
+    items = selected(args.only)
+    directory = Path(args.runs_dir).resolve() / args.profile / "bench"
+    directory.mkdir(parents=True, exist_ok=True)
+    table = bench(args.profile, items, args.steps, directory)
+    stem = "-".join(["bench", *(name.replace("/", "_") for name in args.only or [])])
+    table.to_csv(directory / f"{stem}.csv")
+    shown = table[["device", "status", *COLUMNS]].rename(columns=COLUMNS)
+    data = sorted({f"{d}, mean {t:.0f} real tokens per sample" if pd.notna(t) else d
+                   for d, t in zip(table["data"], table["mean_real_tokens"]) if isinstance(d, str)})
+    lines = targets(table)
+    (directory / f"{stem}.md").write_text(
+        f"# Throughput, profile `{args.profile}`\n\n{markdown(shown)}\n\nData: {'; '.join(data) or 'none'}.\n\n"
+        "## Targets (issue 8)\n\n" + "".join(f"- {line}\n" for line in lines) +
+        "\n## Notes\n\n" + markdown(table[["steps", "mfu_counts", "attention", "note"]]) + "\n")
+    print(f"\n{shown.to_string(na_rep='', float_format=lambda v: f'{v:,.1f}')}\n")
+    print("\n".join(lines))
+    print(f"\ntable: {directory / stem}.md and .csv")
+    return 0 if not (table["status"] == "failed").any() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

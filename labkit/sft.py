@@ -1,0 +1,279 @@
+"""The GPT-2 supervised fine-tuning task (notebook 06): prompt/response pairs -> causal LM, loss on the response.
+
+Sources (``data.source``):
+  * ``hub``: a public instruction or dialogue data set, ``data.hub_name`` (default Dahoas/rm-static, whose
+    rows have ``prompt`` and ``response``); its ``test`` split is the test set, else 10% of ``train`` is held out.
+  * ``local``: a JSON-lines file, one object per line with the fields ``data.prompt_field`` and
+    ``data.response_field`` (default ``prompt`` / ``response``; GSM8K's ``question`` / ``answer`` map the same
+    way); ``data.val_path`` is the test file, else 10% of the file is held out.
+  * ``embedded`` (default, offline): short instructions the kit generates (reverse a list, sort numbers, add,
+    pick the animal, ...) whose responses follow a rule, so a model can learn them in minutes.
+
+Every pair becomes ``TEMPLATE(prompt) + response + <eos>``; the labels are -100 on the prompt and the padding,
+so the loss (and the gradient) comes from the response tokens only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from labkit.config import Config
+from labkit.models import gpt2
+from labkit.tasks import Task, transformer_flops_per_sample
+
+HUB_DATASET = "Dahoas/rm-static"
+TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+IGNORE = -100  # the label cross-entropy skips
+GENERATIONS = 4  # test prompts answered greedily after each evaluation, stored in the record's info
+GENERATE_TOKENS = 48
+
+
+# ---- data: a list of {"prompt": str, "response": str} per split -----------------------------------------
+
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "orange"]
+ANIMALS = ["cat", "dog", "horse", "mouse", "tiger", "rabbit", "sheep", "eagle"]
+FRUITS = ["apple", "pear", "grape", "lemon", "mango", "cherry", "peach", "plum"]
+WORDS = COLOURS + ANIMALS + FRUITS
+
+
+def _reverse(rng: random.Random) -> tuple[str, str]:
+    words = rng.sample(WORDS, rng.randint(3, 5))
+    return f"Reverse the list: {', '.join(words)}", ", ".join(reversed(words))
+
+
+def _sort(rng: random.Random) -> tuple[str, str]:
+    numbers = rng.sample(range(1, 100), rng.randint(3, 5))
+    return f"Sort from smallest to largest: {' '.join(map(str, numbers))}", " ".join(map(str, sorted(numbers)))
+
+
+def _add(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(1, 50), rng.randint(1, 50)
+    return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+
+
+def _pick(rng: random.Random) -> tuple[str, str]:
+    groups = [("an animal", ANIMALS), ("a fruit", FRUITS), ("a colour", COLOURS)]
+    rng.shuffle(groups)
+    (kind, members), *others = groups
+    answer = rng.choice(members)
+    options = [answer] + [rng.choice(group) for _, group in others]
+    rng.shuffle(options)
+    return f"Which word is {kind}: {', '.join(options)}?", answer
+
+
+def _upper(rng: random.Random) -> tuple[str, str]:
+    word = rng.choice(WORDS)
+    return f"Write in capital letters: {word}", word.upper()
+
+
+def _repeat(rng: random.Random) -> tuple[str, str]:
+    word, n = rng.choice(WORDS), rng.randint(2, 4)
+    return f"Repeat the word {word} {n} times.", " ".join([word] * n)
+
+
+KINDS = (_reverse, _sort, _add, _pick, _upper, _repeat)
+
+
+def generate_pairs(n: int, seed: int) -> list[dict[str, str]]:
+    """``n`` instruction/response pairs, the kinds in turn (so the first few test prompts differ in kind).
+
+    The test split is drawn with another seed: new samples of the same rules, though kinds with few
+    possible prompts (capital letters of one of 24 words) repeat training prompts.
+    """
+    rng = random.Random(seed)
+    return [dict(zip(("prompt", "response"), KINDS[i % len(KINDS)](rng))) for i in range(n)]
+
+
+def read_jsonl(path: str | Path, prompt_field: str, response_field: str, setting: str = "data.path") -> list[dict[str, str]]:
+    """Pairs from a JSON-lines file; a missing field names the line and the setting that maps it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{setting} '{path}': no such file; point it at a JSON-lines file of prompt/response pairs")
+    pairs = []
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {n}: not JSON ({err}); the file needs one JSON object per line") from None
+            for field, key in ((prompt_field, "prompt_field"), (response_field, "response_field")):
+                if not isinstance(record, dict) or field not in record:
+                    fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+                    raise ValueError(f"{path}, line {n}: no field '{field}' (it has {fields}); "
+                                     f"set data.{key} to the field that holds the {key.split('_')[0]}")
+            pairs.append({"prompt": str(record[prompt_field]), "response": str(record[response_field])})
+    if not pairs:
+        raise ValueError(f"{path}: no pairs in the file")
+    return pairs
+
+
+def read_hub(cfg: Config) -> tuple[list[dict[str, str]], list[dict[str, str]] | None]:
+    """Train and (where the data set has one) test pairs of a hub data set."""
+    from datasets import load_dataset
+
+    d = cfg.data
+    name = d.hub_name or HUB_DATASET
+    try:
+        splits = load_dataset(name, d.hub_config)
+    except Exception as err:  # offline, a wrong id, a missing config: each library error reads differently
+        raise RuntimeError(f"could not load hub data set '{name}' ({type(err).__name__}: {err}). Without internet, "
+                           "use data.source: local with data.path (JSON lines), or data.source: embedded") from err
+    columns = splits["train"].column_names
+    for field, key in ((d.prompt_field, "prompt_field"), (d.response_field, "response_field")):
+        if field not in columns:
+            raise ValueError(f"hub data set '{name}' has no column '{field}' (it has {columns}); set data.{key}")
+
+    def pairs(split, limit: int | None) -> list[dict[str, str]]:
+        rows = split.select(range(min(limit or len(split), len(split))))
+        return [{"prompt": r[d.prompt_field], "response": r[d.response_field]} for r in rows]
+
+    test = pairs(splits["test"], d.val_examples) if "test" in splits else None
+    # Without a test split the test set is held out of all of train, so all of it is read.
+    return pairs(splits["train"], d.train_examples if test is not None else None), test
+
+
+def load_splits(cfg: Config) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    d = cfg.data
+    if d.source == "embedded":
+        train, test = generate_pairs(d.train_examples or 2000, seed=0), generate_pairs(d.val_examples or 200, seed=1)
+    else:
+        if d.source == "local":
+            train = read_jsonl(d.path, d.prompt_field, d.response_field)
+            test = read_jsonl(d.val_path, d.prompt_field, d.response_field, "data.val_path") if d.val_path else None
+        else:
+            train, test = read_hub(cfg)
+        if test is None:  # hold out a shuffled 10% (or val_examples) as the test set
+            train = train[:]
+            random.Random(0).shuffle(train)
+            n_test = d.val_examples or max(1, len(train) // 10)
+            if n_test >= len(train):
+                raise ValueError(f"{len(train)} pairs cannot spare {n_test} for the test set: lower data.val_examples")
+            train, test = train[n_test:], train[:n_test]
+    return train[: d.train_examples], test[: d.val_examples]
+
+
+# ---- tokens: prompt masked, response learned -------------------------------------------------------------
+
+def load_tokenizer(cfg: Config, texts: list[str]):
+    """The pretrained model's own tokenizer, or offline a byte-level BPE trained on the training pairs."""
+    if cfg.model.weights == "random":
+        from labkit.tokenizers import train_bpe
+
+        return train_bpe(texts, vocab_size=8000 if cfg.model.preset == "tiny" else 50257)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gpt2.pretrained_source(cfg.model))
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # GPT-2 has none; padding is masked anyway
+    return tokenizer
+
+
+def encode(pairs: list[dict[str, str]], tokenizer, max_length: int) -> tuple[list[dict[str, list[int]]], int]:
+    """Token ids and labels per pair, and how many pairs were cut to ``max_length``.
+
+    Prompt and response are tokenised apart, so the boundary between them is exact. A pair too long keeps
+    at least half the window for the response: the prompt loses its beginning (the ``### Response:`` marker
+    stays next to the response), then the response its end.
+    """
+    prompts = tokenizer([TEMPLATE.format(prompt=p["prompt"]) for p in pairs], add_special_tokens=False)["input_ids"]
+    responses = tokenizer([p["response"] for p in pairs], add_special_tokens=False)["input_ids"]
+    features, truncated = [], 0
+    for prompt, response in zip(prompts, responses):
+        response = response + [tokenizer.eos_token_id]
+        if len(prompt) + len(response) > max_length:
+            truncated += 1
+            prompt = prompt[-(max_length - min(len(response), max_length // 2)):]
+            response = response[: max_length - len(prompt)]
+        features.append({"input_ids": prompt + response, "labels": [IGNORE] * len(prompt) + response})
+    return features, truncated
+
+
+@dataclass
+class Collate:
+    """Pads a batch on the right to ``width`` (or to its longest pair): padding is masked and unlabelled."""
+
+    pad_id: int
+    width: int | None = None
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = self.width or max(len(f["input_ids"]) for f in features)
+        batch = {"input_ids": torch.full((len(features), width), self.pad_id),
+                 "attention_mask": torch.zeros(len(features), width, dtype=torch.long),
+                 "labels": torch.full((len(features), width), IGNORE)}
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][i, :n] = torch.tensor(f["input_ids"])
+            batch["attention_mask"][i, :n] = 1
+            batch["labels"][i, :n] = torch.tensor(f["labels"])
+        return batch
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer, prompts: list[str], max_length: int) -> list[str]:
+    """Greedy responses to ``prompts``, one at a time (no padding to get wrong); a long prompt loses its
+    beginning, as in training, so prompt and answer fit the training window."""
+    device = next(model.parameters()).device
+    keep = max(max_length - GENERATE_TOKENS, max_length // 2)
+    responses = []
+    for prompt in prompts:
+        ids = tokenizer(TEMPLATE.format(prompt=prompt), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ids[-keep:]], device=device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=GENERATE_TOKENS,
+                             do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        responses.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return responses
+
+
+# ---- the task -----------------------------------------------------------------------------------------------
+
+def build_task(cfg: Config) -> Task:
+    d = cfg.data
+    if d.padding == "packed":
+        raise ValueError("data.padding 'packed' is not supported by gpt2_sft (a packed row would mix pairs): "
+                         "use max_length or dynamic")
+    train_pairs, test_pairs = load_splits(cfg)
+    tokenizer = load_tokenizer(cfg, [TEMPLATE.format(prompt=p["prompt"]) + p["response"] for p in train_pairs])
+    model, info = gpt2.build(cfg.model, len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    train_set, truncated = encode(train_pairs, tokenizer, d.max_length)
+    test_set, _ = encode(test_pairs, tokenizer, d.max_length)
+    collate = Collate(tokenizer.pad_token_id, d.max_length if d.padding == "max_length" else None)
+    samples = test_pairs[:GENERATIONS]
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        """Test loss per response token (perplexity is its exp), then greedy answers to the first test prompts."""
+        device = next(model.parameters()).device
+        nll, targets = torch.zeros((), device=device, dtype=torch.float64), 0
+        size = cfg.train.batch_size
+        for start in range(0, len(test_set), size)[: cfg.train.eval_batches]:
+            batch = {k: v.to(device) for k, v in collate(test_set[start: start + size]).items()}
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model predicts token t+1 from tokens <= t
+            nll += model(**batch).loss.double() * n
+            targets += n
+        loss = (nll / targets).item()
+        responses = generate(model, tokenizer, [s["prompt"] for s in samples], d.max_length)
+        info["generations"] = [{"prompt": s["prompt"], "reference": s["response"], "generated": r}
+                               for s, r in zip(samples, responses)]
+        return {"test_loss": loss, "test_perplexity": math.exp(loss)}
+
+    lengths = [len(f["input_ids"]) for f in train_set]
+    info.update(data_source=d.source if d.source != "hub" else f"hub: {d.hub_name or HUB_DATASET}",
+                train_examples=len(train_set), val_examples=len(test_set), truncated_examples=truncated,
+                mean_real_tokens=sum(lengths) / len(lengths),
+                mean_response_tokens=sum(sum(t != IGNORE for t in f["labels"]) for f in train_set) / len(train_set))
+    # 6·N·T: 2 forward, 2 for activation gradients, 2 for weight gradients; frozen weights get none (LoRA: ~4·N·T).
+    seq = d.max_length if d.padding == "max_length" else info["mean_real_tokens"]
+    n = gpt2.non_embedding_params(model)
+    flops = transformer_flops_per_sample(n, info["layers"], info["hidden"], seq)
+    if cfg.model.finetune == "lora":
+        flops -= 2 * n * seq
+    return Task(model=model, train_set=train_set, val_set=test_set, collate_fn=collate, evaluate=evaluate,
+                flops_per_sample=flops, info=info)

@@ -1,0 +1,42 @@
+"""`python -m labkit.bench` runs and writes its table; the Trainer baseline script runs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke_writes_its_table(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "labkit.bench", "--profile", "smoke", "--steps", "3",
+                           "--runs-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    directory = tmp_path / "smoke" / "bench"
+    table = pd.read_csv(directory / "bench.csv", index_col="configuration")
+    assert {"01/baseline", "01/fast_path_packed", "trainer", "03/fast_path", "06/fast_path", "07/fast_path"} <= set(table.index)
+    # fp32 configurations run on a CPU, for the fixed number of steps; GPU settings are skipped with the reason.
+    for name in ("01/baseline", "06/r10_adamw"):
+        assert table.loc[name, "status"] == "ok" and table.loc[name, "steps"] == 3 and table.loc[name, "samples_per_s"] > 0
+    assert table.loc["01/baseline", "tokens_per_s"] > table.loc["01/baseline", "samples_per_s"]
+    for name in ("01/fast_path", "01/fast_path_packed", "trainer", "03/fast_path"):
+        assert table.loc[name, "status"] == "skipped" and "GPU setting" in table.loc[name, "note"]
+    markdown = (directory / "bench.md").read_text()
+    assert "| configuration | device | status | samples/s | real tokens/s | MFU (%) |" in markdown
+    assert "CPU (smoke, not a GPU figure)" in markdown and "## Targets" in markdown
+    assert "padding-free vs padded: not measured (01/fast_path_packed: skipped" in markdown
+    assert (tmp_path / "smoke" / "bench" / "smoke" / "01_baseline_bert_squad" / "baseline" / "result.json").is_file()
+    assert "samples/s" in done.stdout and "padding-free vs padded: not measured" in done.stdout
+
+
+def test_trainer_baseline_runs(tmp_path):
+    out = tmp_path / "trainer.json"
+    done = subprocess.run([sys.executable, "benchmarks/trainer_bert_qa.py", "--config",
+                           "params/01_baseline_bert_squad/baseline.yaml", "--profile", "smoke", "--steps", "3",
+                           "--warmup", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["steps"] == 3 and result["samples_per_s"] > 0 and result["trainer_samples_per_s"] > 0
+    assert result["tokens_per_s"] == result["samples_per_s"] * result["mean_real_tokens"]
+    assert result["flops_counted"] == "every feature padded to 128 tokens" and result["train_loss"] > 0

@@ -1,0 +1,156 @@
+"""Runs of several processes on CPUs (gloo): DDP's arithmetic, the launcher's failures and timeouts,
+and the validation of strategies. The ranks train a small classifier built in this module: the
+`toy` fixture points the cifar_resnext task at it, in this process and (through sitecustomize) in
+every process the launcher starts."""
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import labkit
+from labkit import results, tasks
+from labkit.config import ConfigError, load
+from labkit.distributed import GRACE_S, LaunchError, unavailable_reason
+from labkit.runner import gpu_only_reason
+from labkit.tasks import Task
+
+TESTS = Path(__file__).resolve().parent
+
+
+def blobs(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randn(n, 16, generator=g) * 0.5 + nn.functional.one_hot(y, 16).float() * 3
+    return TensorDataset(x, y)
+
+
+def build_task(cfg) -> Task:
+    """What every rank builds; TOY_FAIL_RANK / TOY_HANG_RANK make one rank raise or hang."""
+    rank = os.environ.get("RANK", "0")
+    if os.environ.get("TOY_FAIL_RANK") == rank:
+        raise ValueError(f"injected failure on rank {rank}")
+    if os.environ.get("TOY_HANG_RANK") == rank:
+        time.sleep(600)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    # A fixed order, so one process and N ranks see the same global batches (N ranks: interleaved shards of it).
+    return Task(model=model, train_set=blobs(512, 0), val_set=blobs(128, 1), train_sampler=range(512))
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """Writes a params file for the toy task and returns its path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport labkit.tasks\n"
+                                           f"labkit.tasks.TASK_MODULES['cifar_resnext'] = {__name__!r}\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setitem(tasks.TASK_MODULES, "cifar_resnext", __name__)
+
+    def write(name: str, timeout_s: float = 120, profile_steps: int = 0, **train) -> Path:
+        params = {"task": "cifar_resnext",
+                  "train": {"epochs": 1, "max_steps": 6, "optimizer": "sgd", "lr": 0.1, "log_every": 1, **train},
+                  "measure": {"warmup_steps": 1, "profile_steps": profile_steps}, "launch": {"timeout_s": timeout_s}}
+        path = tmp_path / "params" / "toy" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(params))
+        return path
+
+    return write
+
+
+def losses(record: dict) -> list[float]:
+    return [value for _, _, value in record["curves"]["train_loss"]]
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_gloo_ranks_train_like_one_process_with_the_same_global_batch(toy, tmp_path, ranks):
+    one = labkit.run(toy("one", global_batch_size=32), "smoke", runs_dir=tmp_path)
+    many = labkit.run(toy(f"ddp{ranks}", strategy="ddp", devices=ranks, global_batch_size=32, profile_steps=2),
+                      "smoke", runs_dir=tmp_path)
+    assert many["status"] == "ok" and many["launch"]["ranks"] == {str(r): "ok" for r in range(ranks)}
+    assert many["params"]["train"]["batch_size"] == 32 // ranks
+    assert many["summary"]["global_batch"] == one["summary"]["global_batch"] == 32
+    assert many["summary"]["steps"] == one["summary"]["steps"] == 6
+    assert losses(many) == pytest.approx(losses(one), rel=1e-5)  # gradients averaged over ranks = one big batch
+    assert losses(many)[-1] < losses(many)[0]
+    assert many["summary"]["final_val_loss"] == pytest.approx(one["summary"]["final_val_loss"], rel=1e-5)
+    s = many["summary"]
+    assert s["profiled_steps"] == 2 and s["comm_s"] > 0 and s["compute_s"] > 0  # gloo all-reduces were seen
+    assert results.read(tmp_path / "smoke" / "toy" / f"ddp{ranks}")["launch"]["exit_code"] == 0
+
+
+def test_a_rank_that_raises_ends_the_run_with_its_error(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOY_FAIL_RANK", "1")
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match="rank 1 failed: ValueError: injected failure on rank 1"):
+        labkit.run(toy("fails", strategy="ddp", devices=2, timeout_s=300), "smoke", runs_dir=tmp_path)
+    assert time.monotonic() - start < 90  # rank 0 was stopped at once, not left waiting for the timeout
+    record = results.read(tmp_path / "smoke" / "toy" / "fails")
+    assert record["status"] == "failed" and "injected failure" in record["traceback"]
+    assert record["launch"]["ranks"]["1"] == "failed"
+
+
+def test_a_hung_rank_ends_the_run_at_the_timeout_with_its_stack(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOY_HANG_RANK", "1")
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match=r"timed out after 30 s \(launch.timeout_s\): rank\(s\) \[0, 1\]"):
+        labkit.run(toy("hangs", strategy="ddp", devices=2, timeout_s=30), "smoke", runs_dir=tmp_path)
+    assert time.monotonic() - start < 30 + 3 + GRACE_S + 5
+    record = results.read(tmp_path / "smoke" / "toy" / "hangs")
+    assert record["status"] == "failed"
+    # A rank at work (it has reported 'running') dumps its Python stack into the record: where it hung, or, on a
+    # machine so loaded that it was still importing, where it was.
+    if record["launch"]["ranks"].get("1") == "running":
+        assert re.search(r"\[rank1\] .*\(most recent call first\)", record["traceback"])
+
+
+@pytest.mark.parametrize("train, words", [
+    ("{strategy: horovod}", "'horovod' is not allowed; choose one of 'auto', 'dp', 'ddp', 'fsdp' or 'deepspeed'"),
+    ("{strategy: dp, accelerator: cpu, devices: 2}", "on a CPU or over several nodes use strategy 'ddp'"),
+    ("{strategy: auto, devices: 2}", "choose ddp, fsdp, deepspeed or dp"),
+    ("{strategy: fsdp, devices: 2, precision: 16-mixed}", "use precision bf16-mixed"),
+    ("{strategy: ddp, devices: 3, global_batch_size: 64}", "make it a multiple of 3"),
+])
+def test_impossible_strategies_are_config_errors(tmp_path, train, words):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"task: bert_squad\ntrain: {train}\n")
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert str(path) in str(err.value) and words in str(err.value)
+
+
+def test_what_this_machine_lacks_is_a_skip_reason(monkeypatch):
+    def cfg(**train):
+        return load("params/05_ddp_fsdp/ddp.yaml", "smoke", {f"train.{k}": v for k, v in train.items()})
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert "needs 4 GPUs per node and 1 are visible" in unavailable_reason(cfg(devices=4), cuda=True)
+    assert unavailable_reason(cfg(devices=1), cuda=True) is None
+    eight = load("params/05_ddp_fsdp/fsdp_8gpu.yaml", "gpu")  # a point of the scaling curve
+    assert "needs 8 GPUs per node and 1 are visible" in gpu_only_reason(eight, cuda=True)
+    assert "accelerator is 'cuda' and no GPU is visible" in gpu_only_reason(eight, cuda=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_NUM_NODES", raising=False)
+    monkeypatch.delenv("SLURM_NNODES", raising=False)
+    assert "salloc --nodes 2" in unavailable_reason(cfg(num_nodes=2), cuda=False)
+    assert "strategy dp needs GPUs" in gpu_only_reason(cfg(strategy="dp"), cuda=False)
+    assert "launch.backend nccl" in gpu_only_reason(load("params/05_ddp_fsdp/ddp.yaml", "smoke", {"launch.backend": "nccl"}))
+    if not torch.cuda.is_available():
+        assert gpu_only_reason(cfg(strategy="fsdp"), cuda=False) is None  # FSDP2 runs over gloo
+
+
+def test_deepspeed_missing_is_skipped_with_the_install_command(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("DeepSpeed is installed here")
+    record = labkit.run("params/05_ddp_fsdp/deepspeed.yaml", "smoke", runs_dir=tmp_path)
+    assert record["status"] == "skipped" and "pip install '.[deepspeed]'" in record["error"]
+    assert "launch" not in record  # no process was started

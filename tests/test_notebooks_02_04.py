@@ -1,0 +1,51 @@
+"""Notebooks 02-04 executed with papermill on the smoke profile, a few configurations each (time on 2 cores)."""
+import pytest
+
+from labkit import results, runall
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = {  # one that trains and one that must be skipped on a CPU, per notebook
+    "02": {"workers_1", "gpu_resident"},
+    "03": {"resnext_fp32", "resnext_bf16"},
+    "04": {"resnext_full", "bert_full"},
+}
+
+
+def records(tmp_path, notebook):
+    frame = results.load(tmp_path, profile="smoke", notebook=notebook)
+    return {row.config: results.read(row.path) for row in frame.itertuples()}
+
+
+def check_trained(record):
+    s = record["summary"]
+    assert record["status"] == "ok" and record["info"]["weights"] == "random"
+    assert s["final_train_loss"] < 0.8 * s["first_train_loss"]  # the loss visibly falls
+    assert s["accuracy"] > 0.2  # ten classes: chance is 0.1
+    assert len(record["curves"]["epoch_time_s"]) == 2 and s["data_s"] >= 0 and s["fwd_bwd_s"] > 0
+
+
+def test_notebooks_02_to_04_on_smoke(tmp_path):
+    configs = sorted(set().union(*CONFIGS.values()))
+    assert runall.main(["--profile", "smoke", "--only", *CONFIGS, "--config", *configs, "--runs-dir", str(tmp_path)]) == 0
+
+    nb02 = records(tmp_path, "02_dataloader_workers")
+    check_trained(nb02["workers_1"])
+    assert nb02["workers_1"]["params"]["data"]["num_workers"] == 1
+    assert nb02["gpu_resident"]["status"] == "skipped" and "on_gpu" in nb02["gpu_resident"]["error"]
+
+    nb03 = records(tmp_path, "03_mixed_precision")
+    check_trained(nb03["resnext_fp32"])
+    assert nb03["resnext_bf16"]["status"] == "skipped" and "GPU setting" in nb03["resnext_bf16"]["error"]
+
+    nb04 = records(tmp_path, "04_activation_checkpointing")
+    full = nb04["resnext_full"]
+    check_trained(full)
+    assert full["info"]["checkpointed_blocks"] == full["info"]["blocks"]
+    s, attempts = full["summary"], full["curves"]["batch_search"]
+    assert s["max_batch"] >= full["params"]["train"]["batch_size"] and s["epoch_time_at_max_batch_s"] > 0
+    assert 0 < s["saved_activations_gb"] <= s["memory_budget_gb"] and {a["status"] for a in attempts} <= {"ok", "over_budget"}
+    assert nb04["bert_full"]["status"] == "skipped"
+    for name in ("02_dataloader_workers/workers_1", "03_mixed_precision/resnext_fp32", "04_activation_checkpointing/resnext_full"):
+        text = (tmp_path / "smoke" / f"{name}.ipynb").read_text()
+        assert "Traceback" not in text and "image/png" in text
