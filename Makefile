@@ -38,5 +38,9 @@ slurm: setup
 	$(PY) -m labkit.slurm --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(PARTITION),--partition $(PARTITION)) \
 	  $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(TIME),--time $(TIME)) $(if $(DRY_RUN),--dry-run)
 
+# Throughput of the fast paths against the baselines (PROFILE=bench on a GPU; smoke checks it runs).
+bench: setup
+	$(PY) -m labkit.bench --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+
 clean:
 	rm -rf runs reports
