@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 from transformers import AutoModelForQuestionAnswering, BertConfig
+
+from timing import time_steps  # benchmarks/ is on sys.path when a script here runs
 
 
 def main() -> None:
@@ -53,20 +54,12 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for i in range(args.warmup):
-        step(i)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for i in range(args.steps):
-        step(i)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    step_s, peak_gb = time_steps(step, args.warmup, args.steps)
     print(json.dumps({
         "bench": "bare_bert_qa", "device": torch.cuda.get_device_name(), "precision": args.precision, "attn": args.attn,
         "batch": args.batch, "seq": args.seq, "checkpointing": args.checkpointing,
-        "samples_per_s": round(args.batch * args.steps / seconds, 1), "step_ms": round(1e3 * seconds / args.steps, 2),
-        "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
+        "samples_per_s": round(args.batch / step_s, 1), "step_ms": round(1e3 * step_s, 2),
+        "peak_allocated_gb": round(peak_gb, 2),
     }))
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 
 from labkit.models import apply_checkpointing
 from labkit.models.resnext import PRESETS, ResNeXt
+from timing import time_steps  # benchmarks/ is on sys.path when a script here runs
 
 
 def main() -> None:
@@ -52,21 +52,13 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for i in range(args.warmup):
-        step(i)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for i in range(args.steps):
-        step(i)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    step_s, peak_gb = time_steps(step, args.warmup, args.steps)
     print(json.dumps({
         "bench": "bare_resnext", "device": torch.cuda.get_device_name(), "preset": args.preset,
         "precision": args.precision, "channels_last": args.channels_last, "checkpointing": args.checkpointing,
-        "batch": args.batch, "step_ms": round(1e3 * seconds / args.steps, 2),
-        "images_per_s": round(args.batch * args.steps / seconds, 1),
-        "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
+        "batch": args.batch, "step_ms": round(1e3 * step_s, 2),
+        "images_per_s": round(args.batch / step_s, 1),
+        "peak_allocated_gb": round(peak_gb, 2),
     }))
 
 

@@ -196,9 +196,6 @@ def build_task(cfg: Config) -> Task:
     (train_x, train_y), (val_x, val_y), source = load_splits(cfg)
     mean, std = channel_stats(train_x)
     model, info = resnext.build(cfg.model, num_classes=len(CLASSES))
-    # Every batch has the same shape, so cuDNN may time its convolution algorithms once per shape and keep
-    # the fastest (as benchmarks/bare_resnext.py does); grouped convolutions gain the most from it.
-    torch.backends.cudnn.benchmark = True
     if d.on_gpu:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         train_set = ResidentCIFAR(train_x, train_y, mean, std, d.augment, device)
