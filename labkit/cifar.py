@@ -175,7 +175,9 @@ class ResidentCIFAR(CIFAR):
         super().__init__(images.to(device), labels.to(device), mean.to(device), std.to(device), train)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, device=self.images.device)
+        idx = torch.as_tensor(indices)
+        if self.images.is_cuda:  # from pinned memory, asynchronously: a pageable copy would wait for the GPU to go idle
+            idx = idx.pin_memory().to(self.images.device, non_blocking=True)
         x = self.images[idx]
         return normalize(augment(x) if self.train else x, self.mean, self.std), self.labels[idx]
 
@@ -206,6 +208,12 @@ def build_task(cfg: Config) -> Task:
         where = f"per image on the CPU, in {d.num_workers} loader worker(s)" if d.num_workers else \
             "per image on the CPU, in the training process"
     eval_size = min(len(val_set), t.eval_batches * t.batch_size) if t.eval_batches else len(val_set)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # Images in the weights' memory format: otherwise every first convolution converts its input.
+        images, labels = batch
+        return F.cross_entropy(model(images.contiguous(memory_format=memory_format)), labels)
 
     @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -214,10 +222,11 @@ def build_task(cfg: Config) -> Task:
         correct = torch.zeros((), device=device, dtype=torch.long)
         for i in range(0, eval_size, 2 * t.batch_size):
             x = normalize(val_set.images[i:min(i + 2 * t.batch_size, eval_size)].to(device), mean, std)
+            x = x.contiguous(memory_format=memory_format)
             correct += (model(x).argmax(1) == val_set.labels[i:i + len(x)].to(device)).sum()
         return {"accuracy": correct.item() / eval_size}
 
     info.update(data_source=source, train_examples=len(train_set), val_examples=len(val_set),
                 augmentation=f"random crop (pad {PAD}) + horizontal flip + normalise, {where}" if d.augment else "none")
     return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=whole_batch if d.on_gpu else None,
-                evaluate=evaluate, flops_per_sample=resnext.flops_per_sample(cfg.model.preset), info=info)
+                evaluate=evaluate, loss=loss, flops_per_sample=resnext.flops_per_sample(cfg.model.preset), info=info)

@@ -205,13 +205,15 @@ class CommProfiler:
     all-reduce overlaps the backward pass, so the two can add up to more than a step. CPU (gloo): time
     inside gloo collectives, which run on gloo's own threads, vs operator time outside them. All are
     seconds per step of this rank, with the profiled steps' wall time (slower than unprofiled steps)
-    to compare them with; the summary is empty when off or when no step was profiled.
+    to compare them with; the summary is empty when off or when no step was profiled. ``top_ops`` keeps
+    the operators that took the most device time (CPU time on a CPU), for where a step's time goes.
     """
 
     COMM = ("nccl", "gloo:")  # how the profiler names NCCL kernels and gloo collectives
 
     def __init__(self, device: torch.device, steps: int):
         self.device, self.steps, self._prof, self._result = device, steps, None, {}
+        self.top_ops: list[dict[str, float | str]] = []
 
     def start(self, step: int) -> None:
         if self.steps and self._prof is None and not self._result:
@@ -250,6 +252,15 @@ class CommProfiler:
             else:
                 compute += spent
         n = step - self._from
+        # the operators (and CUDA runtime calls: launches, copies, synchronisations) that took the most
+        # device time or the most host time; a step the host cannot feed fast enough shows in the second
+        averages = prof.key_averages()
+        by_device = sorted(averages, key=lambda a: a.self_device_time_total, reverse=True)[:15]
+        by_host = sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[:15]
+        top = {a.key: a for a in by_device + by_host}.values()
+        self.top_ops = sorted(({"op": a.key, "calls_per_step": a.count / n, "device_ms_per_step": a.self_device_time_total / n / 1e3,
+                                "cpu_ms_per_step": a.self_cpu_time_total / n / 1e3} for a in top),
+                              key=lambda o: (o["device_ms_per_step"], o["cpu_ms_per_step"]), reverse=True)
         self._result = {"comm_s": comm / n / 1e6, "compute_s": compute / n / 1e6, "profiled_step_s": wall / n,
                         "profiled_steps": n}
 
@@ -283,9 +294,10 @@ def output_absmax(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, flo
 
 @dataclass
 class GPUSampler:
-    """Samples GPU utilisation, memory, temperature and power on a background thread.
+    """Samples GPU utilisation, memory, temperature, power and SM clock on a background thread.
 
-    A no-op without an NVIDIA GPU or NVML, so the same code runs in CPU smoke runs.
+    A no-op without an NVIDIA GPU or NVML, so the same code runs in CPU smoke runs. Sample times ``t`` are
+    seconds since ``t0`` (a ``time.perf_counter`` reading), so a summary can keep to a window of the run.
     """
 
     interval: float = 0.5
@@ -306,7 +318,7 @@ class GPUSampler:
                              for i in indices]
         except (pynvml.NVMLError, ValueError, IndexError):
             return self
-        self._t0 = time.perf_counter()
+        self.t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -317,12 +329,14 @@ class GPUSampler:
                 for gpu, h in self._handles:
                     util = pynvml.nvmlDeviceGetUtilizationRates(h)
                     self.samples.append({
-                        "t": time.perf_counter() - self._t0,
+                        "t": time.perf_counter() - self.t0,
                         "gpu": gpu,
                         "util_pct": float(util.gpu),
                         "mem_used_gb": pynvml.nvmlDeviceGetMemoryInfo(h).used / 1e9,
                         "temp_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
                         "power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1e3,
+                        # a clock below the card's maximum (power or heat) slows every kernel alike
+                        "sm_clock_mhz": float(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
                     })
             except pynvml.NVMLError:
                 return
@@ -334,13 +348,17 @@ class GPUSampler:
             self._thread.join()
             pynvml.nvmlShutdown()
 
-    def summary(self) -> dict[str, float]:
-        if not self.samples:
+    def summary(self, windows: Sequence[tuple[float, float]] = ()) -> dict[str, float]:
+        """Means over the samples inside ``windows`` (perf_counter intervals, e.g. the steady state: set-up,
+        compilation and validation would pull utilisation down), or over all samples where no sample falls inside."""
+        inside = [s for s in self.samples if any(a <= self.t0 + s["t"] <= b for a, b in windows)] or self.samples
+        if not inside:
             return {}
         return {
-            "gpu_util_mean_pct": statistics.fmean(s["util_pct"] for s in self.samples),
-            "gpu_temp_max_c": max(s["temp_c"] for s in self.samples),
-            "gpu_power_mean_w": statistics.fmean(s["power_w"] for s in self.samples),
+            "gpu_util_mean_pct": statistics.fmean(s["util_pct"] for s in inside),
+            "gpu_temp_max_c": max(s["temp_c"] for s in inside),
+            "gpu_power_mean_w": statistics.fmean(s["power_w"] for s in inside),
+            "gpu_sm_clock_mean_mhz": statistics.fmean(s["sm_clock_mhz"] for s in inside),
         }
 
 

@@ -454,12 +454,13 @@ def t5_table(records: Sequence[dict]) -> pd.DataFrame:
         rows.append({"config": r["run"]["config"], "status": r["status"], "device": device_label(r.get("env", {})),
                      "data set": p["data"]["dataset"], "model": f"t5-{p['model']['preset']}",
                      "parallelism": parallelism(r), "precision": PRECISION_NAMES[p["train"]["precision"]],
-                     "attention": p["model"]["attn_implementation"] + (", compiled" if p["model"]["compile"] else ""),
+                     "attention": p["model"]["attn_implementation"] + (f", compiled ({p['model'].get('compile_mode', 'default')})" if p["model"]["compile"] else ""),
                      "workers": p["data"]["num_workers"], "training time (s)": s.get("train_time_s"),
                      "samples/s": s.get("samples_per_s"), "step (ms)": _ms(s, "step_s"),
                      "peak allocated (GB)": s.get("peak_allocated_gb"),
                      "per GPU (GB)": " / ".join(f"{v:.2f}" for v in per_gpu) or None,
                      "GPU util (%)": s.get("gpu_util_mean_pct"), "max temp (°C)": s.get("gpu_temp_max_c"),
+                     "SM clock (MHz)": s.get("gpu_sm_clock_mean_mhz"),
                      "final val loss": s.get("final_val_loss"), "accuracy (%)": s.get("accuracy"), "F1": s.get("f1"),
                      "max |activation|": s.get("act_absmax"), "fp16 overflows": s.get("act_over_fp16"),
                      "note": r.get("error") or ""})
@@ -578,7 +579,7 @@ def precision_speedups(records: Sequence[dict], baseline: str = "tf32") -> pd.Da
     rows = [{"config": r["run"]["config"], "status": r["status"], "device": device_label(r.get("env", {})),
              "model": f"t5-{r['params']['model']['preset']}", "data set": r["params"]["data"].get("dataset"),
              "precision": r["params"]["train"]["precision"],
-             "attention": r["params"]["model"]["attn_implementation"] + (", compiled" if r["params"]["model"]["compile"] else ""),
+             "attention": r["params"]["model"]["attn_implementation"] + (f", compiled ({r['params']['model'].get('compile_mode', 'default')})" if r["params"]["model"]["compile"] else ""),
              "step (ms)": _ms(r.get("summary", {}), "step_s"),
              "forward+backward (ms)": _ms(r.get("summary", {}), "fwd_bwd_s"),
              "MFU": r.get("summary", {}).get("mfu"), "note": r.get("error") or ""}

@@ -144,7 +144,10 @@ def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
         model = model.to(memory_format=torch.channels_last)
     counts = count_parameters(model)
     if cfg.model.compile:
-        model = torch.compile(model)
+        # Under dynamic padding or packing every batch has its own length: compile for symbolic shapes at once
+        # instead of first for the first batch's length and again when the second differs.
+        dynamic = True if cfg.data.padding in ("dynamic", "packed") else None
+        model = torch.compile(model, mode=cfg.model.compile_mode, dynamic=dynamic)
     memory = measure.MemoryProbe(device)  # allocated memory around the first step: the memory breakdown
     model, optimizer = setup_model_and_optimizer(fabric, model, t)
     memory.read("setup")
@@ -263,7 +266,7 @@ def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
         **memory.measured_gb(),
         **measure.computed_memory_gb(model, optimizer),
         **profiler.summary(),
-        **sampler.summary(),
+        **sampler.summary(clock.windows),
     }
     total_tokens = fabric.all_reduce(tokens.float(), reduce_op="sum").item()
     if total_tokens:
@@ -277,14 +280,18 @@ def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
             summary["mfu"] = summary["model_tflops_per_s"] / (peak * world * len(devices))
     curves["gpu"] = sampler.samples
     curves["steps"] = timer.steps
+    if profiler.top_ops:
+        curves["top_ops"] = profiler.top_ops
     return {"summary": summary, "curves": curves}
 
 
 class SteadyClock:
-    """Wall time and samples of the steady-state window, paused around validation."""
+    """Wall time and samples of the steady-state window, paused around validation; ``windows`` holds the
+    (start, stop) perf_counter readings of each stretch."""
 
     def __init__(self, device: torch.device):
         self.device, self.seconds, self.samples, self._since = device, 0.0, 0, None
+        self.windows: list[tuple[float, float]] = []
 
     def start(self, samples: int) -> None:
         if self._since is None:
@@ -294,7 +301,9 @@ class SteadyClock:
     def stop(self, samples: int) -> None:
         measure.synchronize(self.device)
         if self._since is not None:
-            self.seconds += time.perf_counter() - self._since
+            now = time.perf_counter()
+            self.windows.append((self._since, now))
+            self.seconds += now - self._since
             self.samples += samples - self._from
             self._since = None
 

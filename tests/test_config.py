@@ -18,6 +18,8 @@ def test_profile_lies_under_config_and_overrides_on_top(tmp_path):
     assert cfg.train.batch_size == 4  # the configuration file wins over the profile
     assert cfg.train.lr == 0.01  # the override wins over both
     assert load(path, "gpu").model.preset == "base"
+    nested = load(path, "gpu", {"train": {"lr": 0.01}, "model": {"compile": True}})  # a section changes only its keys
+    assert (nested.train.lr, nested.train.batch_size, nested.model.compile, nested.model.preset) == (0.01, 4, True, "base")
 
 
 def test_every_committed_params_file_validates_under_every_profile():

@@ -38,6 +38,16 @@ def test_fit_learns_and_measures():
     assert s["params_trainable"] == s["params_total"] == 16 * 32 + 32 + 32 * 4 + 4
 
 
+def test_profiled_steps_name_the_operators_that_took_the_time():
+    cfg, task = make()
+    cfg.measure.profile_steps = 3
+    out = fit(cfg, task, make_fabric(cfg))
+    ops = out["curves"]["top_ops"]
+    assert out["summary"]["profiled_steps"] == 3
+    assert any(o["op"] == "aten::addmm" and o["calls_per_step"] >= 2 for o in ops)  # two Linear layers' forward
+    assert ops == sorted(ops, key=lambda o: (o["device_ms_per_step"], o["cpu_ms_per_step"]), reverse=True)  # no device here: host time orders them
+
+
 def test_max_steps_and_grad_accum_count_optimizer_steps():
     cfg, task = make(max_steps=5, grad_accum=2)
     out = fit(cfg, task, make_fabric(cfg))

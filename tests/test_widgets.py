@@ -1,5 +1,4 @@
 """Student ergonomics: the configuration chooser, "compare with my previous runs", the progress bar."""
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
