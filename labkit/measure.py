@@ -206,7 +206,8 @@ class CommProfiler:
     inside gloo collectives, which run on gloo's own threads, vs operator time outside them. All are
     seconds per step of this rank, with the profiled steps' wall time (slower than unprofiled steps)
     to compare them with; the summary is empty when off or when no step was profiled. ``top_ops`` keeps
-    the operators that took the most device time (CPU time on a CPU), for where a step's time goes.
+    the operators and CUDA runtime calls that took the most device time or the most host time, per step:
+    where a step's time goes, and whether the host keeps up with the GPU.
     """
 
     COMM = ("nccl", "gloo:")  # how the profiler names NCCL kernels and gloo collectives
@@ -252,8 +253,7 @@ class CommProfiler:
             else:
                 compute += spent
         n = step - self._from
-        # the operators (and CUDA runtime calls: launches, copies, synchronisations) that took the most
-        # device time or the most host time; a step the host cannot feed fast enough shows in the second
+        # a step the host cannot feed fast enough shows in the host-time list (launches, synchronisations)
         averages = prof.key_averages()
         by_device = sorted(averages, key=lambda a: a.self_device_time_total, reverse=True)[:15]
         by_host = sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[:15]
