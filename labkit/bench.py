@@ -42,9 +42,10 @@ BENCH = {  # group -> params files (or TRAINER), in table order
     "gpt2": ["params/06_lora_optimizer_sweep/r10_adamw.yaml", "params/06_lora_optimizer_sweep/fast_path.yaml"],
     "t5": ["params/07_t5_model_parallel/gsm8k_bf16.yaml", "params/07_t5_model_parallel/fast_path.yaml"],
 }
-ROW = ["configuration", "device", "status", "samples_per_s", "tokens_per_s", "mfu", "peak_allocated_gb", "step_s",
+ROW = ["configuration", "device", "status", "samples_per_s", "tokens_per_s", "mfu", "gpu_util", "peak_allocated_gb", "step_s",
        "epoch_s", "steps", "mean_real_tokens", "trainer_samples_per_s", "mfu_counts", "attention", "data", "note"]
-COLUMNS = {"samples_per_s": "samples/s", "tokens_per_s": "real tokens/s", "mfu": "MFU (%)",
+# GPU busy: NVML's utilisation over the steady state; well under 100% means the host, not the GPU, sets the pace
+COLUMNS = {"samples_per_s": "samples/s", "tokens_per_s": "real tokens/s", "mfu": "MFU (%)", "gpu_util": "GPU busy (%)",
            "peak_allocated_gb": "peak allocated (GB)", "step_s": "step (ms)", "epoch_s": "last epoch (s)"}
 
 
@@ -68,7 +69,8 @@ def record_row(record: dict) -> dict:
     epochs = record.get("curves", {}).get("epoch_time_s", [])
     return {"configuration": name_of(record["run"]["params_file"]), "device": results.device_label(record.get("env", {})),
             "status": record["status"], "samples_per_s": s.get("samples_per_s"), "tokens_per_s": s.get("tokens_per_s"),
-            "mfu": 100 * s["mfu"] if s.get("mfu") is not None else None, "peak_allocated_gb": s.get("peak_allocated_gb"),
+            "mfu": 100 * s["mfu"] if s.get("mfu") is not None else None, "gpu_util": s.get("gpu_util_mean_pct"),
+            "peak_allocated_gb": s.get("peak_allocated_gb"),
             "step_s": 1e3 * s["step_s"] if s.get("step_s") is not None else None,
             "epoch_s": epochs[-1] if p.get("task") == "cifar_resnext" and epochs else None,
             "steps": s.get("steps"), "mean_real_tokens": info.get("mean_real_tokens"),

@@ -20,10 +20,11 @@ def test_bench_smoke_writes_its_table(tmp_path):
     for name in ("01/baseline", "06/r10_adamw"):
         assert table.loc[name, "status"] == "ok" and table.loc[name, "steps"] == 3 and table.loc[name, "samples_per_s"] > 0
     assert table.loc["01/baseline", "tokens_per_s"] > table.loc["01/baseline", "samples_per_s"]
+    assert pd.isna(table.loc["01/baseline", "gpu_util"])  # no GPU sampled: empty, not 0
     for name in ("01/fast_path", "01/fast_path_packed", "trainer", "03/fast_path"):
         assert table.loc[name, "status"] == "skipped" and "GPU setting" in table.loc[name, "note"]
     markdown = (directory / "bench.md").read_text()
-    assert "| configuration | device | status | samples/s | real tokens/s | MFU (%) |" in markdown
+    assert "| configuration | device | status | samples/s | real tokens/s | MFU (%) | GPU busy (%) |" in markdown
     assert "CPU (smoke, not a GPU figure)" in markdown and "## Targets" in markdown
     assert "padding-free vs padded: not measured (01/fast_path_packed: skipped" in markdown
     assert (tmp_path / "smoke" / "bench" / "smoke" / "01_baseline_bert_squad" / "baseline" / "result.json").is_file()
