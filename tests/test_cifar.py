@@ -127,3 +127,17 @@ def test_resident_set_fetches_whole_batches():
 def test_gpu_resident_config_rejects_workers():
     with pytest.raises(ConfigError, match="data.num_workers: 0"):
         load("params/02_dataloader_workers/gpu_resident.yaml", "smoke", {"data.num_workers": 2})
+
+
+def test_channels_last_weights_get_channels_last_input(tmp_path):
+    write_cifar(tmp_path)
+    seen = []
+    for channels_last in (False, True):
+        cfg = Config.model_validate({"task": "cifar_resnext", "data": {"source": "local", "path": str(tmp_path), "train_examples": 8},
+                                     "model": {"preset": "tiny", "channels_last": channels_last}, "train": {"batch_size": 4}})
+        task = cifar.build_task(cfg)
+        stem = next(m for m in task.model.modules() if isinstance(m, torch.nn.Conv2d))
+        stem.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        images, labels = next(iter(DataLoader(task.train_set, batch_size=4)))
+        task.loss(task.model, (images, labels)).backward()
+    assert seen == [False, True]  # the loader's NCHW batch is converted only when the weights are channels-last
