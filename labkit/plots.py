@@ -85,15 +85,17 @@ def loss_curves(records: Sequence[dict], title: str = "Loss") -> plt.Figure | No
 
 
 def gpu_timeline(records: Sequence[dict]) -> plt.Figure | None:
-    """GPU utilisation, memory, temperature and power over the run; None (and a note) without GPU samples."""
+    """GPU utilisation, memory, temperature, power and SM clock over the run; None (and a note) without GPU samples."""
     rows = [{"config": r["run"]["config"], **s} for r in records for s in r.get("curves", {}).get("gpu", [])]
     if not rows:
         print("No GPU timeline: these runs had no GPU to sample (CPU smoke run).")
         return None
     df = pd.DataFrame(rows)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    for ax, (col, label) in zip(axes, [("util_pct", "utilisation (%)"), ("mem_used_gb", "memory used (GB)"),
-                                        ("temp_c", "temperature (°C)"), ("power_w", "power (W)")]):
+    panels = [("util_pct", "utilisation (%)"), ("mem_used_gb", "memory used (GB)"), ("temp_c", "temperature (°C)"),
+              ("power_w", "power (W)"), ("sm_clock_mhz", "SM clock (MHz)")]
+    panels = [(col, label) for col, label in panels if col in df]  # records from before the clock was sampled lack it
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
+    for ax, (col, label) in zip(axes, panels):
         # a layer-split model's GPUs are sampled side by side: one line style per GPU
         style = "gpu" if "gpu" in df and df["gpu"].nunique() > 1 else None
         sns.lineplot(data=df, x="t", y=col, hue="config", style=style, ax=ax, legend=ax is axes[0])
