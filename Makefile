@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run-all: setup
-	$(PY) -m labkit.runall --profile $(PROFILE) $(if $(FORCE),--force) $(if $(ONLY),--only $(ONLY)); \
+	$(PY) -m labkit.launch.runall --profile $(PROFILE) $(if $(FORCE),--force) $(if $(ONLY),--only $(ONLY)); \
 	status=$$?; $(PY) -m labkit.report --profile $(PROFILE); exit $$status
 
 test: setup
@@ -35,7 +35,7 @@ report: setup
 # One SLURM job per notebook x configuration (arrays where they fit), then the report job:
 #   make slurm PROFILE=gpu [ONLY="05 07"] [PARTITION=p] [ACCOUNT=a] [TIME=02:00:00] [DRY_RUN=1]
 slurm: setup
-	$(PY) -m labkit.slurm --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(PARTITION),--partition $(PARTITION)) \
+	$(PY) -m labkit.launch.slurm --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(PARTITION),--partition $(PARTITION)) \
 	  $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(TIME),--time $(TIME)) $(if $(DRY_RUN),--dry-run)
 
 # Throughput of the fast paths against the baselines (PROFILE=bench on a GPU; smoke checks it runs).

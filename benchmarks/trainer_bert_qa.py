@@ -27,7 +27,8 @@ import torch
 import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from labkit import config, measure, squad_task
+from labkit import config, measure
+from labkit.tasks import bert_squad
 
 
 class SteadyClock(TrainerCallback):
@@ -60,7 +61,7 @@ def main() -> None:
         raise SystemExit(f"{args.config}: the Trainer baseline takes padded input (data.padding max_length) in fp32 or "
                          f"bf16-mixed; got padding {cfg.data.padding}, precision {t.precision}")
     torch.manual_seed(t.seed)
-    task = squad_task.build_task(cfg)
+    task = bert_squad.build_task(cfg)
     steps = args.steps or t.max_steps or len(task.train_set) // t.batch_size
     warmup = min(args.warmup if args.warmup is not None else cfg.measure.warmup_steps, steps - 1)
     clock = SteadyClock(warmup)

@@ -4,6 +4,6 @@
     table = labkit.results.load(profile="smoke")
 """
 from labkit import results
-from labkit.runner import run
+from labkit.launch.runner import run
 
 __all__ = ["run", "results"]

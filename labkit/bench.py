@@ -28,9 +28,10 @@ import pandas as pd
 import torch
 
 from labkit import config, results
-from labkit.runner import gpu_only_reason, run
+from labkit.config import ROOT
+from labkit.launch.runner import run
+from labkit.preflight import gpu_only_reason
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAINER = "trainer"  # the Hugging Face Trainer row
 TRAINER_SCRIPT = ROOT / "benchmarks" / "trainer_bert_qa.py"
 TRAINER_CONFIG = "params/01_baseline_bert_squad/baseline_bf16.yaml"  # its settings and input: bf16, SDPA, padded

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+ROOT = Path(__file__).resolve().parent.parent  # the top of the kit: params/, notebooks/, runs/
+PARAMS_DIR = ROOT / "params"
 PROFILES = ("smoke", "gpu", "full", "bench")
 
 
@@ -160,7 +161,7 @@ class MeasureConfig(_Section):
 
 
 class LaunchConfig(_Section):
-    # A hung rank ends the whole run after this long; a SLURM job's time limit is this plus 10 min (labkit.slurm).
+    # A hung rank ends the whole run after this long; a SLURM job's time limit is this plus 10 min (labkit.launch.slurm).
     timeout_s: float = Field(3600, gt=0)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
 

@@ -28,8 +28,8 @@ import pandas as pd
 from matplotlib.patches import Patch
 
 from labkit import results
+from labkit.config import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TASKS = {"bert_squad": "BERT-QA / SQuAD", "cifar_resnext": "ResNeXt / CIFAR-10", "gpt2_sft": "GPT-2 SFT",
          "t5_qa": "T5 QA"}
 # Summary key -> (label, measured on GPUs only)

@@ -14,7 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"
+from labkit.config import ROOT
+
+RUNS_DIR = ROOT / "runs"
 STATUSES = ("ok", "oom", "failed", "skipped", "running")
 
 

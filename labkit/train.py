@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from labkit import measure
 from labkit.config import Config, TrainConfig
-from labkit.distributed import NO_MULTICAST
+from labkit.launch import NO_MULTICAST
 from labkit.optim import build_optimizer, build_schedule, count_parameters
 from labkit.tasks import Task, batch_size_of, real_tokens_of
 
@@ -57,12 +57,12 @@ def make_fabric(cfg: Config) -> Fabric:
                                          process_group_backend=backend)
     elif t.strategy == "deepspeed":
         strategy = DeepSpeedStrategy(stage=t.zero_stage, process_group_backend=backend)
-    # Ranks started by torchrun (labkit.distributed) take rank and world size from it, also inside a SLURM job,
+    # Ranks started by torchrun (labkit.launch.distributed) take rank and world size from it, also inside a SLURM job,
     # whose own variables describe srun's tasks (one per node), not the ranks.
     plugins = [TorchElasticEnvironment()] if torch.distributed.is_torchelastic_launched() else None
     fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
                     precision=FABRIC_PRECISION[t.precision], plugins=plugins)
-    fabric.launch()  # joins this rank to the process group; starts no process (labkit.distributed did)
+    fabric.launch()  # joins this rank to the process group; starts no process (labkit.launch.distributed did)
     return fabric
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from labkit import cifar
+from labkit.tasks import cifar_resnext
 from labkit.config import Config, ConfigError, load
 
 
@@ -25,20 +25,20 @@ def write_cifar(folder, per_batch=6, seed=0):
                          "filenames": [f"img_{i}.png" for i in range(per_batch)]}, f, protocol=2)
         written[name] = (data, labels)
     with open(root / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(cifar.CLASSES), "num_cases_per_batch": per_batch, "num_vis": 3072}, f, protocol=2)
+        pickle.dump({"label_names": list(cifar_resnext.CLASSES), "num_cases_per_batch": per_batch, "num_vis": 3072}, f, protocol=2)
     return root, written
 
 
 def test_reader_reads_the_real_layout(tmp_path):
     root, written = write_cifar(tmp_path)
-    images, labels = cifar.read_batches(tmp_path, "train")  # the folder holding cifar-10-batches-py works too
+    images, labels = cifar_resnext.read_batches(tmp_path, "train")  # the folder holding cifar-10-batches-py works too
     assert images.shape == (30, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     data, first_labels = written["data_batch_1"]
     # row = 1024 red values, then green, then blue, each plane row-major
     assert images[0, 0, 0, 1] == data[0, 1] and images[0, 1, 0, 0] == data[0, 1024] and images[0, 2, 31, 31] == data[0, 3071]
     assert images[2, 0, 1, 0] == data[2, 32]
     assert labels[:6].tolist() == first_labels and labels[6:12].tolist() == written["data_batch_2"][1]
-    test_images, test_labels = cifar.read_batches(root, "test")
+    test_images, test_labels = cifar_resnext.read_batches(root, "test")
     assert len(test_images) == 6 and test_labels.tolist() == written["test_batch"][1]
 
 
@@ -46,14 +46,14 @@ def test_reader_explains_a_wrong_folder(tmp_path):
     root, _ = write_cifar(tmp_path)
     (root / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match="data_batch_3.*cifar-10-batches-py"):
-        cifar.read_batches(root, "train")
+        cifar_resnext.read_batches(root, "train")
 
 
 def test_local_source_builds_the_task(tmp_path):
     write_cifar(tmp_path)
     cfg = Config.model_validate({"task": "cifar_resnext", "data": {"source": "local", "path": str(tmp_path), "train_examples": 20},
                                  "model": {"preset": "tiny"}, "train": {"batch_size": 4}})
-    task = cifar.build_task(cfg)
+    task = cifar_resnext.build_task(cfg)
     assert len(task.train_set) == 20 and len(task.val_set) == 6
     assert task.info["data_source"].startswith("CIFAR-10") and task.info["weights"] == "random"
     x, y = task.train_set[0]
@@ -65,16 +65,16 @@ def test_hub_without_torchvision_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
     with pytest.raises(ImportError, match="pip install torchvision"):
-        cifar.download(tmp_path)
+        cifar_resnext.download(tmp_path)
 
 
 def test_generator_shape_determinism_and_learnable_structure():
-    images, labels = cifar.generate(2500, "train", seed=0)
+    images, labels = cifar_resnext.generate(2500, "train", seed=0)
     assert images.shape == (2500, 3, 32, 32) and images.dtype == torch.uint8
     assert set(labels.tolist()) == set(range(10))
-    head, head_labels = cifar.generate(700, "train", seed=0)
+    head, head_labels = cifar_resnext.generate(700, "train", seed=0)
     assert torch.equal(head, images[:700]) and torch.equal(head_labels, labels[:700])
-    assert not torch.equal(cifar.generate(700, "test", seed=0)[0], head)
+    assert not torch.equal(cifar_resnext.generate(700, "test", seed=0)[0], head)
     # the documented structure: mean colour gives the hue (class mod 5), stripe direction the class // 5
     x = images.float()
     colour = x.mean((2, 3))
@@ -88,7 +88,7 @@ def test_generator_shape_determinism_and_learnable_structure():
 def test_augment_is_a_padded_crop_and_flip_per_image():
     torch.manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    out = cifar.augment(images)
+    out = cifar_resnext.augment(images)
     assert out.shape == images.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
     seen = set()
@@ -102,25 +102,25 @@ def test_augment_is_a_padded_crop_and_flip_per_image():
 
 def test_loader_workers_get_different_augmentations():
     image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
-    data = cifar.CIFAR(image.repeat(8, 1, 1, 1), torch.zeros(8, dtype=torch.long), torch.full((3,), 0.5),
+    data = cifar_resnext.CIFAR(image.repeat(8, 1, 1, 1), torch.zeros(8, dtype=torch.long), torch.full((3,), 0.5),
                        torch.full((3,), 0.25), train=True)
     batches = [x for x, _ in DataLoader(data, batch_size=4, num_workers=2)]  # one batch from each worker
     assert len(batches) == 2 and not torch.equal(batches[0], batches[1])
 
 
 def test_resident_set_fetches_whole_batches():
-    images, labels = cifar.generate(40, "train")
-    mean, std = cifar.channel_stats(images)
-    data = cifar.ResidentCIFAR(images, labels, mean, std, train=False, device=torch.device("cpu"))
+    images, labels = cifar_resnext.generate(40, "train")
+    mean, std = cifar_resnext.channel_stats(images)
+    data = cifar_resnext.ResidentCIFAR(images, labels, mean, std, train=False, device=torch.device("cpu"))
     calls = []
     original = data.__getitems__
     data.__getitems__ = lambda idx: calls.append(len(idx)) or original(idx)
-    loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=cifar.whole_batch, drop_last=True)
+    loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=cifar_resnext.whole_batch, drop_last=True)
     x, y = next(iter(loader))
     assert calls == [16] and x.shape == (16, 3, 32, 32) and y.shape == (16,)
-    first = int(torch.nonzero((cifar.normalize(images, mean, std) == x[0]).all(dim=(1, 2, 3)))[0])
+    first = int(torch.nonzero((cifar_resnext.normalize(images, mean, std) == x[0]).all(dim=(1, 2, 3)))[0])
     assert labels[first] == y[0]  # the labels travel with their images
-    augmented = cifar.ResidentCIFAR(images, labels, mean, std, train=True, device=torch.device("cpu"))
+    augmented = cifar_resnext.ResidentCIFAR(images, labels, mean, std, train=True, device=torch.device("cpu"))
     assert augmented.__getitems__([0, 1])[0].shape == (2, 3, 32, 32)
 
 
@@ -135,7 +135,7 @@ def test_channels_last_weights_get_channels_last_input(tmp_path):
     for channels_last in (False, True):
         cfg = Config.model_validate({"task": "cifar_resnext", "data": {"source": "local", "path": str(tmp_path), "train_examples": 8},
                                      "model": {"preset": "tiny", "channels_last": channels_last}, "train": {"batch_size": 4}})
-        task = cifar.build_task(cfg)
+        task = cifar_resnext.build_task(cfg)
         stem = next(m for m in task.model.modules() if isinstance(m, torch.nn.Conv2d))
         stem.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
         images, labels = next(iter(DataLoader(task.train_set, batch_size=4)))

@@ -16,8 +16,8 @@ from torch.utils.data import TensorDataset
 import labkit
 from labkit import results, tasks
 from labkit.config import ConfigError, load
-from labkit.distributed import GRACE_S, LaunchError, unavailable_reason
-from labkit.runner import gpu_only_reason
+from labkit.launch.distributed import GRACE_S, LaunchError
+from labkit.preflight import gpu_only_reason, unavailable_reason
 from labkit.tasks import Task
 
 TESTS = Path(__file__).resolve().parent

@@ -2,7 +2,8 @@
 import nbformat
 import pytest
 
-from labkit import plots, results, runall
+from labkit import plots, results
+from labkit.launch import runall
 
 
 @pytest.mark.slow

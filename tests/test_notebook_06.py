@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from labkit import results, runall
+from labkit import results
+from labkit.launch import runall
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from labkit import results, runall
+from labkit import results
+from labkit.launch import runall
 
 CONFIGS = {"bioqa_2workers_fp32", "gsm8k_bf16", "gsm8k_split_2gpu"}
 

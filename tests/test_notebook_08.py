@@ -5,7 +5,9 @@ import json
 import pytest
 from test_report import fake_record
 
-from labkit import results, runall, runner
+from labkit import results
+from labkit.launch import runall
+from labkit.launch import runner
 
 pytestmark = pytest.mark.slow
 

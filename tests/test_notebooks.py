@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import results, runall
+from labkit import results
+from labkit.launch import runall
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 

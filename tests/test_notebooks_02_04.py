@@ -1,7 +1,8 @@
 """Notebooks 02-04 executed with papermill on the smoke profile, a few configurations each (time on 2 cores)."""
 import pytest
 
-from labkit import results, runall
+from labkit import results
+from labkit.launch import runall
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,9 @@ from torch.utils.data import default_collate
 from transformers import AutoModelForQuestionAnswering, BertConfig
 
 import labkit
-from labkit import packing, results
-from labkit.squad_task import qa_loss
+from labkit import results
+from labkit.data import packing
+from labkit.tasks.bert_squad import qa_loss
 from labkit.tasks import batch_size_of, real_tokens_of
 
 WIDTH = 48
@@ -123,7 +124,7 @@ def test_packed_training_run_counts_samples_and_real_tokens(tmp_path):
 
 def test_packed_with_dataparallel_is_refused():
     from labkit import config
-    from labkit.squad_task import batching
+    from labkit.tasks.bert_squad import batching
 
     cfg = config.load("params/01_baseline_bert_squad/baseline.yaml", "smoke", {"data.padding": "packed"})
     cfg.train.strategy = "dp"
@@ -133,7 +134,7 @@ def test_packed_with_dataparallel_is_refused():
 
 def test_squad_length_contexts_keep_questions_and_answers():
     """The generator's SQuAD-length option lengthens paragraphs only: same questions, answers still at their spans."""
-    from labkit import squad
+    from labkit.data import squad
 
     short, long = (squad.flatten_squad(squad.generate_squad(30, seed=2, context_length=c), c) for c in ("short", "squad"))
     assert [e["question"] for e in short] == [e["question"] for e in long]

@@ -24,7 +24,7 @@ H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
 
 def fake_record(notebook: str, config: str, status: str = "ok", task: str = "bert_squad", gpu: str | None = H100,
                 profile: str = "gpu", summary: dict | None = None, error: str | None = None, **sections) -> dict:
-    """A results record as labkit.runner writes it (for tables and figures; no run behind it)."""
+    """A results record as labkit.launch.runner writes it (for tables and figures; no run behind it)."""
     cfg = Config.model_validate({"task": task, **sections})
     env = {"device": "cuda" if gpu else "cpu", "device_name": gpu or "x86_64", "torch": "2.5.1", "transformers": "5.0.0",
            "python": "3.11.9", "cuda": "12.4" if gpu else None, "driver": "550.54" if gpu else None, "host": "node1",

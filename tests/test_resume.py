@@ -1,7 +1,7 @@
 """make run-all after a kill: finished configurations stay as they were, the next run-all continues where the
 last one stopped, and a run-all beside another never runs a configuration the other is running.
 
-The run-alls execute a real notebook with papermill; the notebook writes its record the way labkit.runner
+The run-alls execute a real notebook with papermill; the notebook writes its record the way labkit.launch.runner
 does (running, then ok, each write atomic) and waits when told to, so that a kill lands mid-run. It does
 not import labkit (torch), which keeps each kernel start short."""
 import json
@@ -17,7 +17,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from labkit import results, runall
+from labkit import results
+from labkit.launch import runall
 
 pytestmark = pytest.mark.slow
 

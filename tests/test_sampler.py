@@ -3,7 +3,7 @@ import torch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 import labkit
-from labkit.packing import LengthGroupedSampler
+from labkit.data.packing import LengthGroupedSampler
 
 
 def lengths(n: int, seed: int = 0) -> list[int]:

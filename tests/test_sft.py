@@ -6,10 +6,10 @@ import re
 import pytest
 import torch
 
-from labkit import sft
+from labkit.tasks import gpt2_sft
 from labkit.config import Config
 from labkit.models import gpt2
-from labkit.tokenizers import train_bpe
+from labkit.data.tokenizers import train_bpe
 
 
 def config(**data) -> Config:
@@ -19,17 +19,17 @@ def config(**data) -> Config:
 
 @pytest.fixture(scope="module")
 def pairs() -> list[dict]:
-    return sft.generate_pairs(24, seed=0)
+    return gpt2_sft.generate_pairs(24, seed=0)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(pairs):
-    return train_bpe([sft.TEMPLATE.format(prompt=p["prompt"]) + p["response"] for p in pairs], vocab_size=400)
+    return train_bpe([gpt2_sft.TEMPLATE.format(prompt=p["prompt"]) + p["response"] for p in pairs], vocab_size=400)
 
 
 def test_embedded_pairs_are_deterministic_and_follow_their_rules(pairs):
-    assert pairs == sft.generate_pairs(24, seed=0) and pairs != sft.generate_pairs(24, seed=1)
-    assert len({p["prompt"].split(" ")[0] for p in pairs[: len(sft.KINDS)]}) == len(sft.KINDS)  # kinds in turn
+    assert pairs == gpt2_sft.generate_pairs(24, seed=0) and pairs != gpt2_sft.generate_pairs(24, seed=1)
+    assert len({p["prompt"].split(" ")[0] for p in pairs[: len(gpt2_sft.KINDS)]}) == len(gpt2_sft.KINDS)  # kinds in turn
     for p in pairs:
         if p["prompt"].startswith("Reverse the list: "):
             assert p["response"].split(", ") == p["prompt"].removeprefix("Reverse the list: ").split(", ")[::-1]
@@ -41,42 +41,42 @@ def test_embedded_pairs_are_deterministic_and_follow_their_rules(pairs):
 
 
 def test_labels_mask_the_prompt_and_padding(pairs, tokenizer):
-    features, truncated = sft.encode(pairs, tokenizer, max_length=256)
+    features, truncated = gpt2_sft.encode(pairs, tokenizer, max_length=256)
     assert truncated == 0
     for f, p in zip(features, pairs):
-        n = len(tokenizer(sft.TEMPLATE.format(prompt=p["prompt"]))["input_ids"])
-        assert f["labels"][:n] == [sft.IGNORE] * n
+        n = len(tokenizer(gpt2_sft.TEMPLATE.format(prompt=p["prompt"]))["input_ids"])
+        assert f["labels"][:n] == [gpt2_sft.IGNORE] * n
         assert f["labels"][n:] == f["input_ids"][n:]
         assert tokenizer.decode(f["labels"][n:]) == p["response"] + tokenizer.eos_token
-    batch = sft.Collate(tokenizer.pad_token_id, width=64)(features[:4])
+    batch = gpt2_sft.Collate(tokenizer.pad_token_id, width=64)(features[:4])
     assert batch["input_ids"].shape == (4, 64)
-    assert (batch["labels"][batch["attention_mask"] == 0] == sft.IGNORE).all()
-    assert sft.Collate(tokenizer.pad_token_id)(features[:4])["input_ids"].shape[1] == max(len(f["input_ids"]) for f in features[:4])
+    assert (batch["labels"][batch["attention_mask"] == 0] == gpt2_sft.IGNORE).all()
+    assert gpt2_sft.Collate(tokenizer.pad_token_id)(features[:4])["input_ids"].shape[1] == max(len(f["input_ids"]) for f in features[:4])
 
 
 def test_no_loss_and_no_gradient_come_from_prompt_or_padding(pairs, tokenizer):
     torch.manual_seed(0)
     model = gpt2.build(config().model, len(tokenizer))[0]
-    batch = sft.Collate(tokenizer.pad_token_id, width=48)(sft.encode(pairs[:4], tokenizer, 48)[0])
+    batch = gpt2_sft.Collate(tokenizer.pad_token_id, width=48)(gpt2_sft.encode(pairs[:4], tokenizer, 48)[0])
     out = model(**batch)
     out.logits.retain_grad()
     out.loss.backward()
     # logits at t predict token t+1: they get a gradient exactly where token t+1 is a response token
     learned = torch.zeros_like(batch["labels"], dtype=torch.bool)
-    learned[:, :-1] = batch["labels"][:, 1:] != sft.IGNORE
+    learned[:, :-1] = batch["labels"][:, 1:] != gpt2_sft.IGNORE
     touched = out.logits.grad.abs().sum(-1) > 0
     assert torch.equal(touched, learned)
     # and the loss is the mean cross-entropy over the response tokens alone
     logits, labels = out.logits[:, :-1].detach(), batch["labels"][:, 1:]
-    manual = torch.nn.functional.cross_entropy(logits[labels != sft.IGNORE], labels[labels != sft.IGNORE])
+    manual = torch.nn.functional.cross_entropy(logits[labels != gpt2_sft.IGNORE], labels[labels != gpt2_sft.IGNORE])
     assert out.loss.item() == pytest.approx(manual.item(), rel=1e-5)
 
 
 def test_a_long_pair_keeps_the_response_marker_and_half_the_window(tokenizer):
     long = [{"prompt": "Reverse the list: " + ", ".join(["cat"] * 60), "response": ", ".join(["dog"] * 40)}]
-    (f,), truncated = sft.encode(long, tokenizer, max_length=32)
+    (f,), truncated = gpt2_sft.encode(long, tokenizer, max_length=32)
     assert truncated == 1 and len(f["input_ids"]) == 32
-    n_prompt = f["labels"].count(sft.IGNORE)
+    n_prompt = f["labels"].count(gpt2_sft.IGNORE)
     assert n_prompt == 16  # the response gets half the window
     marker = tokenizer("\n\n### Response:\n")["input_ids"]
     assert f["input_ids"][n_prompt - len(marker): n_prompt] == marker
@@ -85,14 +85,14 @@ def test_a_long_pair_keeps_the_response_marker_and_half_the_window(tokenizer):
 def test_local_json_lines_map_their_fields_and_hold_out_a_test_split(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text("\n".join(json.dumps({"question": f"q{i}?", "answer": f"a{i}", "id": i}) for i in range(50)) + "\n")
-    train, test = sft.load_splits(config(source="local", path=str(path), prompt_field="question", response_field="answer",
+    train, test = gpt2_sft.load_splits(config(source="local", path=str(path), prompt_field="question", response_field="answer",
                                          train_examples=None, val_examples=None))
     assert len(train) == 45 and len(test) == 5  # 10% held out
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in test}
     assert all(p["response"] == "a" + p["prompt"][1:-1] for p in train + test)
     val = tmp_path / "val.jsonl"
     val.write_text(json.dumps({"question": "x?", "answer": "y"}))
-    train, test = sft.load_splits(config(source="local", path=str(path), val_path=str(val), prompt_field="question",
+    train, test = gpt2_sft.load_splits(config(source="local", path=str(path), val_path=str(val), prompt_field="question",
                                          response_field="answer", train_examples=20))
     assert len(train) == 20 and test == [{"prompt": "x?", "response": "y"}]
 
@@ -101,12 +101,12 @@ def test_local_errors_name_the_line_and_the_setting(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n" + json.dumps({"question": "q", "answer": "a"}) + "\n")
     with pytest.raises(ValueError, match=r"line 2: no field 'prompt'.*data.prompt_field"):
-        sft.load_splits(config(source="local", path=str(path)))
+        gpt2_sft.load_splits(config(source="local", path=str(path)))
     path.write_text("{not json\n")
     with pytest.raises(ValueError, match="line 1: not JSON"):
-        sft.load_splits(config(source="local", path=str(path)))
+        gpt2_sft.load_splits(config(source="local", path=str(path)))
     with pytest.raises(FileNotFoundError, match="data.path"):
-        sft.load_splits(config(source="local", path=str(tmp_path / "missing.jsonl")))
+        gpt2_sft.load_splits(config(source="local", path=str(tmp_path / "missing.jsonl")))
 
 
 def test_hub_source_uses_its_test_split_and_columns(monkeypatch):
@@ -117,11 +117,11 @@ def test_hub_source_uses_its_test_split_and_columns(monkeypatch):
     splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows), "test": datasets.Dataset.from_dict(rows)})
     asked = []
     monkeypatch.setattr(datasets, "load_dataset", lambda name, conf: asked.append(name) or splits)
-    train, test = sft.load_splits(config(source="hub", train_examples=10, val_examples=4))
-    assert asked == [sft.HUB_DATASET] and len(train) == 10 and len(test) == 4
+    train, test = gpt2_sft.load_splits(config(source="hub", train_examples=10, val_examples=4))
+    assert asked == [gpt2_sft.HUB_DATASET] and len(train) == 10 and len(test) == 4
     assert train[3] == {"prompt": rows["prompt"][3], "response": rows["response"][3]}
     with pytest.raises(ValueError, match="no column 'question'.*data.prompt_field"):
-        sft.load_splits(config(source="hub", hub_name="someone/else", prompt_field="question"))
+        gpt2_sft.load_splits(config(source="hub", hub_name="someone/else", prompt_field="question"))
 
 
     def offline(name, conf):
@@ -129,11 +129,11 @@ def test_hub_source_uses_its_test_split_and_columns(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError, match="could not load hub data set 'Dahoas/rm-static'.*data.source: local"):
-        sft.load_splits(config(source="hub"))
+        gpt2_sft.load_splits(config(source="hub"))
 
 
 def test_gsm8k_maps_question_and_answer(shared_data):
-    train, test = sft.load_splits(config(source="local", path=str(shared_data / "gsm8k-train.jsonl"),
+    train, test = gpt2_sft.load_splits(config(source="local", path=str(shared_data / "gsm8k-train.jsonl"),
                                          prompt_field="question", response_field="answer", train_examples=100, val_examples=None))
     assert len(train) == 100 and len(test) == 747  # 10% of 7,473 held out
     assert all("####" in p["response"] for p in train + test)
@@ -141,14 +141,14 @@ def test_gsm8k_maps_question_and_answer(shared_data):
 
 def test_task_evaluates_test_loss_perplexity_and_generations():
     cfg = config(padding="dynamic")
-    task = sft.build_task(cfg)
+    task = gpt2_sft.build_task(cfg)
     assert task.info["weights"] == "random" and task.info["train_examples"] == 60 and task.info["val_examples"] == 12
     task.model.eval()
     metrics = task.evaluate(task.model)
     assert metrics["test_perplexity"] == pytest.approx(math.exp(metrics["test_loss"]))
     assert abs(metrics["test_loss"] - math.log(len(task.model.get_input_embeddings().weight))) < 1.0  # untrained
     generations = task.info["generations"]
-    assert len(generations) == sft.GENERATIONS and generations[0]["prompt"].startswith("Reverse the list")
+    assert len(generations) == gpt2_sft.GENERATIONS and generations[0]["prompt"].startswith("Reverse the list")
     assert {"prompt", "reference", "generated"} == set(generations[0])
     with pytest.raises(ValueError, match="packed"):
-        sft.build_task(config(padding="packed"))
+        gpt2_sft.build_task(config(padding="packed"))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from labkit import config as config_mod
-from labkit import runall, slurm
+from labkit.launch import runall
+from labkit.launch import slurm
 from labkit.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +111,6 @@ def test_submission_chains_the_report_after_every_job(monkeypatch, tmp_path, cap
     assert calls[0] == f"--parsable {scripts[0]}"
     assert calls[1] == f"--parsable --dependency=afterany:1001 {scripts[1]}"
     report = scripts[1].read_text()
-    assert "gres" not in directives(report) and "labkit.runall --profile gpu --only 08_report" in report
+    assert "gres" not in directives(report) and "labkit.launch.runall --profile gpu --only 08_report" in report
     assert "labkit.report --profile gpu" in report
     assert "submitted 1001" in capsys.readouterr().out

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit import squad
-from labkit.tokenizers import train_wordpiece
+from labkit.data import squad
+from labkit.data.tokenizers import train_wordpiece
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/data" / "squad-v2-sample.json"
 

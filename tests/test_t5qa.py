@@ -9,10 +9,12 @@ import pytest
 import torch
 from lightning.fabric import Fabric
 
-from labkit import measure, squad, t5qa
+from labkit import measure
+from labkit.data import squad
+from labkit.tasks import t5_qa
 from labkit.config import Config, ModelConfig
 from labkit.models import t5
-from labkit.runner import gpu_only_reason
+from labkit.preflight import gpu_only_reason
 
 
 def t5_config(**sections) -> Config:
@@ -28,16 +30,16 @@ def t5_config(**sections) -> Config:
 
 
 def test_final_answer_on_real_gsm8k_lines(shared_data):
-    rows = t5qa.read_gsm8k(shared_data / "gsm8k-train.jsonl")
+    rows = t5_qa.read_gsm8k(shared_data / "gsm8k-train.jsonl")
     assert len(rows) == 7473
     expected = {0: "72", 345: "1080", 644: "109200000", 5715: "-7", 5844: "-47"}  # plain, commas, negatives
     assert rows[345]["answer"].endswith("#### 1,080") and rows[5715]["answer"].endswith("#### -7")
-    assert {i: t5qa.final_answer(rows[i]["answer"]) for i in expected} == expected
+    assert {i: t5_qa.final_answer(rows[i]["answer"]) for i in expected} == expected
     for row in rows:
-        number = t5qa.final_answer(row["answer"])
+        number = t5_qa.final_answer(row["answer"])
         assert number is not None and re.fullmatch(r"-?\d+", number), row["answer"][-40:]
-        target = t5qa.gsm8k_target(row["answer"])
-        assert "<<" not in target and t5qa.final_answer(target) == number  # the target keeps the answer
+        target = t5_qa.gsm8k_target(row["answer"])
+        assert "<<" not in target and t5_qa.final_answer(target) == number  # the target keeps the answer
 
 
 @pytest.mark.parametrize("text, number", [
@@ -45,25 +47,25 @@ def test_final_answer_on_real_gsm8k_lines(shared_data):
     ("#### 12\n#### 13", "13"), ("#### $10", "10"), ("The answer is 5", None), ("#### ", None), ("", None),
 ])
 def test_final_answer_edge_cases(text, number):
-    assert t5qa.final_answer(text) == number
+    assert t5_qa.final_answer(text) == number
 
 
 def test_gsm8k_reader_names_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl, line 2.*'answer'"):
-        t5qa.read_gsm8k(path)
+        t5_qa.read_gsm8k(path)
     with pytest.raises(FileNotFoundError, match="data.source: embedded"):
-        t5qa.read_gsm8k(tmp_path / "missing.jsonl")
+        t5_qa.read_gsm8k(tmp_path / "missing.jsonl")
 
 
 # ----------------------------------------------------------------------------- generated data, formatting
 
 
 def test_generated_gsm8k_is_in_the_original_format_and_its_arithmetic_is_right():
-    problems = t5qa.generate_gsm8k(300, seed=0)
-    assert problems == t5qa.generate_gsm8k(300, seed=0) and problems != t5qa.generate_gsm8k(300, seed=1)
-    finals = [t5qa.final_answer(p["answer"]) for p in problems]
+    problems = t5_qa.generate_gsm8k(300, seed=0)
+    assert problems == t5_qa.generate_gsm8k(300, seed=0) and problems != t5_qa.generate_gsm8k(300, seed=1)
+    finals = [t5_qa.final_answer(p["answer"]) for p in problems]
     assert all(f is not None for f in finals)
     assert any(f.startswith("-") for f in finals) and any("," in p["answer"].split("####")[1] for p in problems)
     for p in problems:
@@ -71,46 +73,46 @@ def test_generated_gsm8k_is_in_the_original_format_and_its_arithmetic_is_right()
         assert steps
         for expression, result in steps:
             assert eval(expression) == float(result), p["answer"]  # noqa: S307 - generated arithmetic only
-        assert float(steps[-1][1]) == float(t5qa.final_answer(p["answer"]))
+        assert float(steps[-1][1]) == float(t5_qa.final_answer(p["answer"]))
 
 
 def test_generated_bioqa_is_squad_format_with_exact_spans():
-    examples = squad.flatten_squad(t5qa.generate_bioqa(40, seed=0), "embedded")
+    examples = squad.flatten_squad(t5_qa.generate_bioqa(40, seed=0), "embedded")
     assert len(examples) >= 80 and len({e["id"] for e in examples}) == len(examples)
     for e in examples:
         (text,), (start,) = e["answers"]["text"], e["answers"]["answer_start"]
         assert e["context"][start: start + len(text)] == text
-    val = squad.flatten_squad(t5qa.generate_bioqa(10, seed=1), "embedded")
+    val = squad.flatten_squad(t5_qa.generate_bioqa(10, seed=1), "embedded")
     assert not {e["context"] for e in val} & {e["context"] for e in examples}
 
 
 def test_text_to_text_formatting():
-    assert t5qa.source_text(" How many? ") == "question: How many?"
-    assert t5qa.source_text("Which gene?", "BRX1 is a gene.") == "question: Which gene? context: BRX1 is a gene."
-    gsm = t5qa.text_pairs("gsm8k", [{"question": "Q?", "answer": "2 + 2 = <<2+2=4>>4.\n#### 4"}])
+    assert t5_qa.source_text(" How many? ") == "question: How many?"
+    assert t5_qa.source_text("Which gene?", "BRX1 is a gene.") == "question: Which gene? context: BRX1 is a gene."
+    gsm = t5_qa.text_pairs("gsm8k", [{"question": "Q?", "answer": "2 + 2 = <<2+2=4>>4.\n#### 4"}])
     assert gsm == [("question: Q?", "2 + 2 = 4.\n#### 4")]
-    qa = t5qa.text_pairs("bioqa", [
+    qa = t5_qa.text_pairs("bioqa", [
         {"question": "Which?", "context": "C.", "answers": {"text": ["x", "y"], "answer_start": [0, 1]}},
         {"question": "None?", "context": "C.", "answers": {"text": [], "answer_start": []}}])
     assert qa == [("question: Which? context: C.", "x"), ("question: None? context: C.", "")]
 
 
 def test_collate_tokenises_sources_and_targets_with_their_own_lengths():
-    from labkit.tokenizers import train_unigram
+    from labkit.data.tokenizers import train_unigram
 
-    pairs = t5qa.text_pairs("gsm8k", t5qa.generate_gsm8k(64, seed=0))
+    pairs = t5_qa.text_pairs("gsm8k", t5_qa.generate_gsm8k(64, seed=0))
     tokenizer = train_unigram([text for pair in pairs for text in pair], vocab_size=400)
-    batch = t5qa.TextToText(tokenizer, max_length=24, target_length=40, padding="max_length")(pairs[:4])
+    batch = t5_qa.TextToText(tokenizer, max_length=24, target_length=40, padding="max_length")(pairs[:4])
     assert batch["input_ids"].shape == (4, 24) and batch["labels"].shape == (4, 40)
     assert (batch["input_ids"][:, -1] == tokenizer.eos_token_id).all()  # long sources truncated, still closed by </s>
-    short = t5qa.TextToText(tokenizer, 512, 512, "max_length")([("question: Hi", "#### 4")])
+    short = t5_qa.TextToText(tokenizer, 512, 512, "max_length")([("question: Hi", "#### 4")])
     labels = short["labels"][0]
     assert (labels[labels != -100][-1] == tokenizer.eos_token_id) and (labels == -100).sum() > 0  # padding ignored
     assert tokenizer.decode(labels[labels != -100], skip_special_tokens=True).replace(" ", "") == "####4"
-    dynamic = t5qa.TextToText(tokenizer, 512, 512, "dynamic")(pairs[:3])
+    dynamic = t5_qa.TextToText(tokenizer, 512, 512, "dynamic")(pairs[:3])
     assert dynamic["input_ids"].shape[1] < 512 and dynamic["attention_mask"][:, -1].any()
     with pytest.raises(ValueError, match="data.padding 'packed'"):
-        t5qa.TextToText(tokenizer, 8, 8, "packed")
+        t5_qa.TextToText(tokenizer, 8, 8, "packed")
 
 
 # ----------------------------------------------------------------------------- loading and scoring
@@ -118,13 +120,13 @@ def test_collate_tokenises_sources_and_targets_with_their_own_lengths():
 
 def test_local_files_in_the_original_formats(tmp_path):
     gsm = tmp_path / "gsm8k.jsonl"
-    gsm.write_text("\n".join(json.dumps(p) for p in t5qa.generate_gsm8k(40, seed=3)))
-    train, val = t5qa.load_gsm8k(t5_config(data={"source": "local", "path": str(gsm), "train_examples": None,
+    gsm.write_text("\n".join(json.dumps(p) for p in t5_qa.generate_gsm8k(40, seed=3)))
+    train, val = t5_qa.load_gsm8k(t5_config(data={"source": "local", "path": str(gsm), "train_examples": None,
                                                  "val_examples": None}))
     assert len(train) == 36 and len(val) == 4 and not {p["question"] for p in val} & {p["question"] for p in train}
     bio = tmp_path / "BioASQ-train-factoid.json"
-    bio.write_text(json.dumps(t5qa.generate_bioqa(20, seed=3)))
-    train, val = t5qa.load_bioqa(t5_config(data={"dataset": "bioqa", "source": "local", "path": str(bio),
+    bio.write_text(json.dumps(t5_qa.generate_bioqa(20, seed=3)))
+    train, val = t5_qa.load_bioqa(t5_config(data={"dataset": "bioqa", "source": "local", "path": str(bio),
                                                  "train_examples": None, "val_examples": None}))
     assert train and val and not {e["question"] for e in val} & {e["question"] for e in train}
 
@@ -132,25 +134,25 @@ def test_local_files_in_the_original_formats(tmp_path):
 def test_score_gsm8k_by_exact_numeric_match_and_qa_by_squad_em_f1():
     val_set = [("q1", "... #### 1,080"), ("q2", "... #### -7"), ("q3", "... #### 5")]
     generated = ["so #### 1080", "#### -7.0", "I do not know"]
-    scores = t5qa.score("gsm8k", generated, val_set, [])
+    scores = t5_qa.score("gsm8k", generated, val_set, [])
     assert scores == {"accuracy": pytest.approx(200 / 3), "answered": pytest.approx(200 / 3)}
     examples = [{"id": "a", "answers": {"text": ["BRX12"], "answer_start": [0]}},
                 {"id": "b", "answers": {"text": ["the liver"], "answer_start": [0]}}]
-    scores = t5qa.score("bioqa", ["BRX12.", "liver cells"], [], examples)  # SQuAD normalisation: punctuation, articles
+    scores = t5_qa.score("bioqa", ["BRX12.", "liver cells"], [], examples)  # SQuAD normalisation: punctuation, articles
     assert scores["accuracy"] == scores["exact"] == 50.0 and 50.0 < scores["f1"] < 100.0
 
 
 def test_build_task_errors_name_the_key():
     with pytest.raises(ValueError, match="data.dataset: gsm8k or bioqa"):
-        t5qa.build_task(t5_config(data={"dataset": None}))
+        t5_qa.build_task(t5_config(data={"dataset": None}))
     with pytest.raises(ValueError, match="model.split_devices .* train.devices"):
-        t5qa.build_task(t5_config(model={"split_devices": 2}, train={"devices": 2, "strategy": "ddp"}))
+        t5_qa.build_task(t5_config(model={"split_devices": 2}, train={"devices": 2, "strategy": "ddp"}))
     with pytest.raises(ValueError, match="not a T5 preset"):
         t5.build(ModelConfig(preset="huge"), 100)
 
 
 def test_task_trains_and_evaluates_on_the_cpu():
-    task = t5qa.build_task(t5_config())
+    task = t5_qa.build_task(t5_config())
     assert task.info["weights"] == "random" and task.info["dataset"] == "gsm8k" and task.flops_per_sample > 0
     batch = task.collate_fn(task.train_set[:4])
     loss = task.loss(task.model, batch)
@@ -158,7 +160,7 @@ def test_task_trains_and_evaluates_on_the_cpu():
     assert torch.isfinite(loss) and task.model.shared.weight.grad.abs().sum() > 0
     fabric = Fabric(accelerator="cpu", devices=1)
     wrapped = fabric.setup_module(task.model)
-    assert t5qa.t5_of(wrapped) is task.model  # evaluate() generates with the bare model, never through wrappers
+    assert t5_qa.t5_of(wrapped) is task.model  # evaluate() generates with the bare model, never through wrappers
     metrics = task.evaluate(wrapped)
     assert {"accuracy", "answered", "act_absmax", "act_over_fp16"} <= metrics.keys()
     assert 0 < metrics["act_absmax"] < torch.finfo(torch.float16).max and metrics["act_over_fp16"] == 0
@@ -262,10 +264,10 @@ def _fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         seen = []
-        score = t5qa.score
-        t5qa.score = lambda dataset, generated, *rest: seen.append(generated) or score(dataset, generated, *rest)
+        score = t5_qa.score
+        t5_qa.score = lambda dataset, generated, *rest: seen.append(generated) or score(dataset, generated, *rest)
         torch.manual_seed(0)
-        task = t5qa.build_task(t5_config(data={"val_examples": 4, "target_length": 6}))
+        task = t5_qa.build_task(t5_config(data={"val_examples": 4, "target_length": 6}))
         task.model.eval()
         whole = task.evaluate(task.model)
         model = shard_blocks(task.model, init_device_mesh("cpu", (world,)), "32")

@@ -3,8 +3,8 @@ import time
 import pytest
 from transformers import AutoTokenizer, BertTokenizerFast, GPT2TokenizerFast, T5TokenizerFast
 
-from labkit import squad
-from labkit.tokenizers import train_bpe, train_unigram, train_wordpiece
+from labkit.data import squad
+from labkit.data.tokenizers import train_bpe, train_unigram, train_wordpiece
 
 TRAINERS = [train_wordpiece, train_bpe, train_unigram]
 SENTENCE = "The city of Varnholt was founded in 1312 by Edda Morrow, a former  baker (so they say)."

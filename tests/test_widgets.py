@@ -80,7 +80,7 @@ def test_previous_run_is_kept_and_compared(tmp_path):
 
 def test_labkit_run_keeps_the_previous_record(tmp_path, monkeypatch):
     # a GPU-only configuration on a CPU is recorded 'skipped' in a moment: enough to see the record kept
-    from labkit import runner
+    from labkit.launch import runner
 
     monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: False)
     first = runner.run(f"params/{NB}/baseline_bf16.yaml", "smoke", runs_dir=tmp_path)

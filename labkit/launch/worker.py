@@ -1,8 +1,8 @@
-"""One rank of a multi-process run; labkit.distributed.launch starts it through torchrun:
+"""One rank of a multi-process run; labkit.launch.distributed.launch starts it through torchrun:
 
-    python -m torch.distributed.run --nproc-per-node 2 --standalone -m labkit.worker runs/.../launch/spec.json
+    python -m torch.distributed.run --nproc-per-node 2 --standalone -m labkit.launch.worker runs/.../launch/spec.json
 
-It runs the configuration with labkit.runner.execute (rank 0 writes the results record) and leaves
+It runs the configuration with labkit.launch.runner.execute (rank 0 writes the results record) and leaves
 its own status beside the spec, rank<N>.json, so the launcher can tell which rank failed first.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from labkit import results
 from labkit.config import Config
-from labkit.runner import execute
+from labkit.launch.runner import execute
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 A notebook kernel cannot host several ranks, so ``launch`` starts the run as processes of its own:
 ``torchrun`` with one process per device on this machine, or, in a SLURM job of several nodes, one
-``torchrun`` per node through ``srun``. Every rank runs ``labkit.worker`` -> ``labkit.runner.execute``
+``torchrun`` per node through ``srun``. Every rank runs ``labkit.launch.worker`` -> ``labkit.launch.runner.execute``
 (the same loop as a one-device run) and rank 0 writes the results record. The ranks' output is
 streamed into the notebook, prefixed with the rank. A rank that fails ends the whole run (torchrun
 stops the others); a run still going after ``launch.timeout_s`` is stopped, with every rank's Python
@@ -26,13 +26,10 @@ from pathlib import Path
 
 import torch
 
-from labkit import measure, results
-from labkit.config import Config
+from labkit import measure, preflight, results
+from labkit.launch import NO_MULTICAST
+from labkit.config import ROOT, Config
 
-ROOT = Path(__file__).resolve().parent.parent
-# NVLink multicast stays off in NCCL, PyTorch and NVSHMEM: a program using it can put a shared host's
-# GPUs out of service. Set for every rank, and for DataParallel in the notebook's own process.
-NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 GRACE_S = 10  # between asking processes to stop and killing them
 
 
@@ -49,31 +46,12 @@ def slurm_nodes() -> list[str]:
     return out.stdout.split()
 
 
-def unavailable_reason(cfg: Config, cuda: bool) -> str | None:
-    """Why this machine cannot run ``cfg``'s processes (recorded as 'skipped'), or None if it can."""
-    t = cfg.train
-    if t.strategy == "deepspeed":
-        import importlib.util
-
-        if importlib.util.find_spec("deepspeed") is None:
-            return "DeepSpeed is not installed: pip install '.[deepspeed]' (or pip install deepspeed), then run again"
-    if t.num_nodes > 1:
-        job = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 0)
-        if job < t.num_nodes:
-            where = f"this SLURM job has {job}" if os.environ.get("SLURM_JOB_ID") else "this is not a SLURM job"
-            return (f"train.num_nodes is {t.num_nodes} and {where}: run the notebook inside a job of "
-                    f"{t.num_nodes} nodes (sbatch or salloc --nodes {t.num_nodes})")
-    if cuda and t.devices > torch.cuda.device_count():
-        return f"train.devices is {t.devices}: it needs {t.devices} GPUs per node and {torch.cuda.device_count()} are visible"
-    return None
-
-
 def command(cfg: Config, spec: Path, logs: Path) -> list[str]:
-    """torchrun with one process per device running labkit.worker; through srun over a job's nodes."""
+    """torchrun with one process per device running labkit.launch.worker; through srun over a job's nodes."""
     t = cfg.train
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={t.devices}", "--max-restarts=0",
                 "--monitor-interval=0.5", "--tee=3", f"--log-dir={logs}"]
-    worker = ["-m", "labkit.worker", str(spec)]
+    worker = ["-m", "labkit.launch.worker", str(spec)]
     if t.num_nodes == 1:
         return torchrun + ["--standalone"] + worker
     # One torchrun per node; they meet at the job's first node (c10d rendezvous).
@@ -85,10 +63,10 @@ def command(cfg: Config, spec: Path, logs: Path) -> list[str]:
 
 def launch(cfg: Config, identity: dict, directory: Path) -> dict:
     """Run ``cfg`` as one process per device; return rank 0's results record (raise if a rank failed)."""
-    from labkit.runner import execute, gpu_only_reason
+    from labkit.launch.runner import execute  # runner starts this launcher for multi-process strategies
 
     cuda = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
-    if gpu_only_reason(cfg, cuda):
+    if preflight.gpu_only_reason(cfg, cuda):
         return execute(cfg, identity, directory)  # records 'skipped' with the reason; starts nothing
     work = directory / "launch"
     shutil.rmtree(work, ignore_errors=True)
@@ -185,7 +163,7 @@ def _stream(proc: subprocess.Popen, lines: queue.Queue, tail: collections.deque,
 
 
 def _dump_stacks(work: Path) -> None:
-    """Ask every rank still running on this machine to print its Python stack (labkit.worker's SIGUSR1)."""
+    """Ask every rank still running on this machine to print its Python stack (labkit.launch.worker's SIGUSR1)."""
     for path in work.glob("rank*.json"):
         rank = json.loads(path.read_text())
         if rank["status"] == "running" and rank["host"] == socket.gethostname():  # a pid means nothing elsewhere
@@ -209,7 +187,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _empty_record(cfg: Config, identity: dict, cuda: bool) -> dict:
-    """The record of a run whose rank 0 never started (the same fields labkit.runner.execute writes)."""
+    """The record of a run whose rank 0 never started (the same fields labkit.launch.runner.execute writes)."""
     env = {**measure.environment(torch.device("cuda", 0) if cuda else torch.device("cpu")),
            "device_count": cfg.train.devices * (cfg.train.num_nodes if cuda else 1)}
     return {"run": {**identity, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, "params": cfg.model_dump(mode="json"),

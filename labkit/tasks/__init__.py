@@ -18,10 +18,10 @@ from torch.utils.data import Dataset
 from labkit.config import Config
 
 TASK_MODULES = {
-    "bert_squad": "labkit.squad_task",
-    "cifar_resnext": "labkit.cifar",
-    "gpt2_sft": "labkit.sft",
-    "t5_qa": "labkit.t5qa",
+    "bert_squad": "labkit.tasks.bert_squad",
+    "cifar_resnext": "labkit.tasks.cifar_resnext",
+    "gpt2_sft": "labkit.tasks.gpt2_sft",
+    "t5_qa": "labkit.tasks.t5_qa",
 }
 
 
@@ -34,7 +34,7 @@ def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 def batch_size_of(batch: Any) -> int:
-    """Samples in a batch; a packed batch (labkit.packing: one row of several sequences) counts its sequences."""
+    """Samples in a batch; a packed batch (labkit.data.packing: one row of several sequences) counts its sequences."""
     if isinstance(batch, dict):
         return len(batch["cu_seq_lens_q"]) - 1 if "cu_seq_lens_q" in batch else len(batch["input_ids"])
     return len(batch[0])

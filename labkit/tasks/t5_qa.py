@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5Block
 
-from labkit import squad
+from labkit.data import squad
 from labkit.measure import output_absmax
 from labkit.config import Config
 from labkit.models import t5
@@ -198,7 +198,7 @@ def _passage(rng: random.Random, pid: str) -> dict:
 
 
 def generate_bioqa(num_passages: int, seed: int = 0) -> dict:
-    """Factoid passages with questions in the SQuAD JSON format (flatten with labkit.squad.flatten_squad)."""
+    """Factoid passages with questions in the SQuAD JSON format (flatten with labkit.data.squad.flatten_squad)."""
     data = [{"title": f"synthetic-bio-{seed}-{i}", "paragraphs": [_passage(random.Random(f"labkit-bioqa-{seed}-{i}"),
                                                                              f"bio{seed}-{i}")]}
             for i in range(num_passages)]
@@ -295,7 +295,7 @@ def load_tokenizer(cfg: Config, texts: list[str]):
     # The fast tokenizer's thread pool and the loader's forked workers do not mix: one thread per worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if cfg.model.weights == "random":
-        from labkit.tokenizers import train_unigram
+        from labkit.data.tokenizers import train_unigram
 
         return train_unigram(texts, vocab_size=8000 if cfg.model.preset == "tiny" else t5.T5_VOCAB)
     from transformers import AutoTokenizer
@@ -393,7 +393,7 @@ def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: lis
 def score(dataset: str, generated: list[str], val_set: list[tuple[str, str]],
           val_examples: list[dict]) -> dict[str, float]:
     """GSM8K: % exact numeric match of the final answers (and % of generations that give one);
-    QA: SQuAD exact match and F1 (labkit.squad.evaluate) of the generated answers. ``accuracy`` is the
+    QA: SQuAD exact match and F1 (labkit.data.squad.evaluate) of the generated answers. ``accuracy`` is the
     headline figure of both (numeric match, or exact match)."""
     if dataset == "gsm8k":
         predicted = [final_answer(g) for g in generated]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from labkit import config as config_mod
-from labkit import measure, results
+from labkit import measure, preflight, results
 from labkit.config import Config
 
 
@@ -29,7 +29,7 @@ def run(config_file: str | Path, profile: str = "smoke", overrides: dict[str, An
     directory = results.record_dir(profile, identity["notebook"], identity["config"], runs_dir or results.RUNS_DIR)
     results.keep_previous(directory)  # the last run of this configuration stays comparable (results.compare)
     if cfg.train.strategy in ("ddp", "fsdp", "deepspeed") and "LOCAL_RANK" not in os.environ:
-        from labkit.distributed import launch  # one process per device, even for one device; see notebook 05
+        from labkit.launch.distributed import launch  # one process per device, even for one device; see notebook 05
 
         return launch(cfg, identity, directory)
     return execute(cfg, identity, directory)
@@ -48,7 +48,7 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
                               "error": None, "summary": {}, "curves": {}, "info": {}}
     save = (lambda: results.save(record, directory)) if rank == 0 else (lambda: None)
     save()
-    reason = gpu_only_reason(cfg, cuda)
+    reason = preflight.gpu_only_reason(cfg, cuda)
     if reason:
         record.update(status="skipped", error=f"skipped: {reason}")
         save()
@@ -73,32 +73,3 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
         record["run"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         save()
     return record
-
-
-def gpu_only_reason(cfg: Config, cuda: bool = False) -> str | None:
-    """Why a configuration cannot honestly run on a CPU (or on the GPUs visible), or None if it can."""
-    from labkit.distributed import unavailable_reason  # DeepSpeed installed? enough GPUs and nodes?
-
-    t = cfg.train
-    if reason := unavailable_reason(cfg, cuda):
-        return reason
-    if cuda:
-        visible = torch.cuda.device_count()
-        if cfg.model.split_devices > visible:
-            return f"model.split_devices is {cfg.model.split_devices}: the layer-split model needs that many GPUs and {visible} are visible"
-        return None
-    if t.accelerator == "cuda":
-        return "accelerator is 'cuda' and no GPU is visible"
-    if t.precision in ("tf32", "16-mixed", "bf16-mixed", "bf16-true"):
-        return f"precision {t.precision} is a GPU setting; a CPU figure would say nothing about it"
-    if cfg.data.on_gpu:
-        return "data.on_gpu holds the data set in GPU memory"
-    if t.strategy in ("dp", "deepspeed"):  # fsdp runs on CPUs too (FSDP2 over gloo)
-        return f"strategy {t.strategy} needs GPUs"
-    if cfg.launch.backend == "nccl":
-        return "launch.backend nccl is NVIDIA's GPU library; CPUs use gloo"
-    if t.fused:
-        return "fused optimizer kernels are CUDA kernels"
-    if cfg.model.split_devices > 1:
-        return "model parallel over GPUs needs GPUs"
-    return None

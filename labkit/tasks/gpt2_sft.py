@@ -165,7 +165,7 @@ def load_splits(cfg: Config) -> tuple[list[dict[str, str]], list[dict[str, str]]
 def load_tokenizer(cfg: Config, texts: list[str]):
     """The pretrained model's own tokenizer, or offline a byte-level BPE trained on the training pairs."""
     if cfg.model.weights == "random":
-        from labkit.tokenizers import train_bpe
+        from labkit.data.tokenizers import train_bpe
 
         return train_bpe(texts, vocab_size=8000 if cfg.model.preset == "tiny" else 50257)
     from transformers import AutoTokenizer

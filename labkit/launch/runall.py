@@ -1,6 +1,6 @@
 """Execute every notebook for every params file of a profile with papermill (``make run-all``).
 
-    python -m labkit.runall --profile smoke [--force] [--only 01 03] [--config ddp fsdp] [--runs-dir runs]
+    python -m labkit.launch.runall --profile smoke [--force] [--only 01 03] [--config ddp fsdp] [--runs-dir runs]
 
 Executed notebooks land in runs/<profile>/<notebook>/<config>.ipynb beside their results records.
 A configuration whose record says it finished (ok, oom, skipped) is not run again unless --force,
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import results
+from labkit.config import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 PARAMS = ROOT / "params"
 FINISHED = ("ok", "oom", "skipped")

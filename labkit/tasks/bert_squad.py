@@ -2,7 +2,7 @@
 
 Features are padded to ``data.max_length`` when tokenised; ``data.padding`` decides what a training
 batch keeps of that padding: all of it (max_length), up to its longest feature (dynamic, best with
-``data.group_by_length``), or none (packed: labkit.packing). The loss is the same in all three: a
+``data.group_by_length``), or none (packed: labkit.data.packing). The loss is the same in all three: a
 cross-entropy over each feature's real tokens (padding never enters the softmax), so a packed batch
 and the same batch padded give the same loss.
 """
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from labkit import packing, squad
+from labkit.data import packing
+from labkit.data import squad
 from labkit.config import Config
 from labkit.models import bert
 from labkit.tasks import Task, transformer_flops_per_sample
@@ -56,7 +57,7 @@ def load_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
 def load_tokenizer(cfg: Config, texts: list[str]):
     """The pretrained model's own tokenizer, or offline a WordPiece vocabulary trained on the data."""
     if cfg.model.weights == "random":
-        from labkit.tokenizers import train_wordpiece
+        from labkit.data.tokenizers import train_wordpiece
 
         return train_wordpiece(texts, vocab_size=8000 if cfg.model.preset == "tiny" else 30522)
     from transformers import AutoTokenizer

@@ -1,18 +1,18 @@
 """SLURM jobs for a profile (``make slurm``): one job per notebook x configuration, a job array where a
 notebook's configurations need the same resources, then a job for the report notebook and the HTML pages.
 
-    python -m labkit.slurm --profile gpu [--only 05] [--config ddp fsdp] [--dry-run]
+    python -m labkit.launch.slurm --profile gpu [--only 05] [--config ddp fsdp] [--dry-run]
                            [--partition P] [--account A] [--time 01:00:00] [--runs-dir runs]
 
-Each job executes its one configuration with papermill through ``labkit.runall --config``, which skips a
+Each job executes its one configuration with papermill through ``labkit.launch.runall --config``, which skips a
 configuration that already finished and locks one that is running: resubmitting, or a job requeued after
 preemption, continues where the last one stopped and never runs a configuration twice at once.
 
 Resources come from the params (profile <- params file, as the notebook runs them):
   * GPUs per node: train.devices x model.split_devices. DDP, FSDP and DeepSpeed run one process per GPU,
-    which the notebook's own ``labkit.run`` starts with torchrun (labkit.distributed, as in notebook 05);
+    which the notebook's own ``labkit.run`` starts with torchrun (labkit.launch.distributed, as in notebook 05);
     DataParallel and a layer-split model drive all their GPUs from one process.
-  * nodes: train.num_nodes, one task per node (labkit.distributed starts one torchrun per node with srun).
+  * nodes: train.num_nodes, one task per node (labkit.launch.distributed starts one torchrun per node with srun).
   * CPUs: each process's loader workers plus one, at least 4.
   * time: launch.timeout_s (the longest a run may take) plus 10 minutes for the kernel, data and validation.
 --partition and --account default to $LABKIT_SLURM_PARTITION and $LABKIT_SLURM_ACCOUNT, else the cluster's.
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import config as config_mod
-from labkit import results, runall
+from labkit import results
+from labkit.launch import runall
 from labkit.config import Config, ConfigError
 
 MARGIN_S = 600  # kernel start, data preparation and validation, on top of launch.timeout_s
@@ -122,7 +123,7 @@ def script(batch: Batch, profile: str, runs_dir: Path, partition: str | None, ac
     lines += [f"#SBATCH --output={logs}/%x-{'%A_%a' if array else '%j'}.out",
               "#SBATCH --requeue", "# --requeue: a preempted job runs again, and run-all skips what finished"]
     python, root = shlex.quote(sys.executable), shlex.quote(str(runall.ROOT))
-    runall_cmd = f"{python} -m labkit.runall --profile {shlex.quote(profile)} --only {batch.notebook}"
+    runall_cmd = f"{python} -m labkit.launch.runall --profile {shlex.quote(profile)} --only {batch.notebook}"
     where = shlex.quote(str(runs_dir))
     if not batch.configs:
         body = [f"# {batch.notebook}: reads every record of profile {profile}, then the HTML pages and their index",
