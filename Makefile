@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run-all test lab report slurm bench clean
+.PHONY: setup run-all test lab report hand-in grade slurm bench clean
 setup: $(STAMP)
 
 # Reinstalls only when the dependency list changes, so a second `make setup` does nothing.
@@ -26,17 +26,29 @@ run-all: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Jupyter refuses to start as root without --allow-root (a container, a cluster's login as root).
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 report: setup
 	$(PY) -m labkit.report --profile $(PROFILE)
 
+# Students: collect the notebooks you ran, with your answers, into runs/<profile>/students/<NAME>.zip.
+hand-in: setup
+	@test -n "$(NAME)" || { echo "usage: make hand-in NAME=your_name [PROFILE=$(PROFILE)]"; exit 2; }
+	$(PY) -m labkit.report.grading $(NAME) --profile $(PROFILE)
+
+# Instructors: unpack the hand-ins under runs/<profile>/students/, then one page per student per lab.
+grade: setup
+	$(PY) -m labkit.report --grade --profile $(PROFILE)
+
 # One SLURM job per notebook x configuration (arrays where they fit), then the report job:
-#   make slurm PROFILE=gpu [ONLY="05 07"] [PARTITION=p] [ACCOUNT=a] [TIME=02:00:00] [DRY_RUN=1]
+#   make slurm PROFILE=gpu [ONLY="05 07"] [CONFIG="ddp fsdp"] [PARTITION=p] [ACCOUNT=a] [TIME=02:00:00] [CPUS=8]
+#              [RUNS_DIR=runs] [DRY_RUN=1]
 slurm: setup
-	$(PY) -m labkit.launch.slurm --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(PARTITION),--partition $(PARTITION)) \
-	  $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(TIME),--time $(TIME)) $(if $(DRY_RUN),--dry-run)
+	$(PY) -m labkit.launch.slurm --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(CONFIG),--config $(CONFIG)) \
+	  $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(TIME),--time $(TIME)) \
+	  $(if $(CPUS),--cpus-per-task $(CPUS)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR)) $(if $(DRY_RUN),--dry-run)
 
 # Throughput of the fast paths against the baselines (PROFILE=bench on a GPU; smoke checks it runs).
 bench: setup

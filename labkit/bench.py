@@ -30,7 +30,7 @@ import torch
 from labkit import config, results
 from labkit.config import ROOT
 from labkit.launch.runner import run
-from labkit.preflight import gpu_only_reason
+from labkit.preflight import skip_reason
 
 TRAINER = "trainer"  # the Hugging Face Trainer row
 TRAINER_SCRIPT = ROOT / "benchmarks" / "trainer_bert_qa.py"
@@ -85,7 +85,7 @@ def trainer_row(profile: str, steps: int | None, directory: Path) -> dict:
     row = {"configuration": TRAINER, "status": "skipped",
            "device": results.device_label({"device": "cuda", "device_name": torch.cuda.get_device_name()} if cuda else
                                           {"device": "cpu"})}
-    reason = gpu_only_reason(config.load(TRAINER_CONFIG, profile), cuda)
+    reason = skip_reason(config.load(TRAINER_CONFIG, profile), cuda)
     if reason:
         return {**row, "note": f"skipped: {reason}"}
     out = directory / "trainer.json"

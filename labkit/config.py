@@ -4,26 +4,73 @@ A configuration file names its ``task`` and sets what makes it that configuratio
 workers, strategy, ...). The profile (``params/profiles/<profile>.yaml``) sets the scale for each
 task (model preset, data size, steps, batch) — and, in a section named after a notebook, what that
 notebook alone needs at that scale — and lies *under* the configuration file, so a
-configuration says only what it is about. Overrides from a notebook lie on top of both.
+configuration says only what it is about. A profile section named ``<notebook>/<pattern>`` speaks of
+the matching configurations themselves and lies *over* their files (``full`` uses it to run each one
+with the original lab's settings). Overrides from a notebook lie on top of all of them.
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import fnmatch
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 ROOT = Path(__file__).resolve().parent.parent  # the top of the kit: params/, notebooks/, runs/
 PARAMS_DIR = ROOT / "params"
 PROFILES = ("smoke", "gpu", "full", "bench")
+# The tasks each notebook's text and plots are written for: a params file of another task in its folder would
+# run there and be shown under the wrong lab.
+NOTEBOOK_TASKS = {
+    "01_baseline_bert_squad": ("bert_squad",),
+    "02_dataloader_workers": ("cifar_resnext",),
+    "03_mixed_precision": ("bert_squad", "cifar_resnext"),
+    "04_activation_checkpointing": ("bert_squad", "cifar_resnext"),
+    "05_ddp_fsdp": ("bert_squad",),
+    "06_lora_optimizer_sweep": ("gpt2_sft",),
+    "07_t5_model_parallel": ("t5_qa",),
+}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """{int}, {float, NoneType}, {bool}, ... for a field of plain scalars; empty for anything else."""
+    kinds = set(get_args(annotation)) if get_origin(annotation) in (Union, types.UnionType) else {annotation}
+    return kinds if kinds and kinds <= {int, float, bool, type(None)} and kinds - {type(None)} else set()
 
 
 class _Section(BaseModel):
     # extra="forbid" is what turns a typo in a params file into an error instead of a silent default
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _exact_scalar_types(cls, value: Any, info: ValidationInfo) -> Any:
+        # Lax pydantic reads `batch_size: true` as 1 and `lr: "1"` as 1.0; in a params file either is a slip.
+        kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+        if not kinds or (value is None and type(None) in kinds):
+            return value
+        if bool in kinds:
+            ok = isinstance(value, bool)
+        elif float in kinds:  # PyYAML reads 1e-4 (no dot) as a string: a number in a string is still a number
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, str) and _is_number(value)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        if not ok:
+            wanted = "true or false" if bool in kinds else "a number" if float in kinds else "a whole number"
+            raise ValueError(f"expected {wanted}, not {type(value).__name__} {value!r}")
+        return value
 
 
 class DataConfig(_Section):
@@ -51,11 +98,28 @@ class DataConfig(_Section):
     prefetch_factor: int | None = Field(None, gt=0)
     on_gpu: bool = False  # hold the whole data set on the GPU and augment there (CIFAR)
     augment: bool = True
+    # bert_squad: windows = every question, contexts cut into max_length windows overlapping by doc_stride
+    # (transformers' run_qa recipe, scored by the official SQuAD 2.0 metric); one_per_answer = answerable
+    # questions only, one example per given answer, context before question, cut at max_length, no stride
+    # (the original lab 01/05 preparation, scored by its loss)
+    squad_examples: Literal["windows", "one_per_answer"] = "windows"
+    # t5_qa GSM8K target: the worked solution, or the final number alone (the original lab 07's target)
+    gsm8k_target: Literal["solution", "final_number"] = "solution"
+    drop_duplicate_contexts: bool = False  # t5_qa bioqa: one question per distinct context (the original lab 07)
+    # Hold out this random share (seed train.seed) of the training split for validation instead of the source's
+    # own validation split, as the original lab 07 did (5%); None: the source's split
+    val_fraction: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
+        if self.squad_examples == "one_per_answer" and (self.doc_stride or self.padding != "max_length"):
+            raise ValueError("data.squad_examples 'one_per_answer' is one example per answer, cut at max_length with no "
+                             "windows and padded to max_length: set data.doc_stride: 0 and data.padding: max_length")
         if self.source == "local" and not self.path:
             raise ValueError("data.source is 'local' but data.path is not set: set data.path to the file")
+        if self.source == "embedded" and (self.path or self.val_path):
+            raise ValueError("data.path/val_path is set but data.source is 'embedded' (data the kit generates), which "
+                             "would ignore the file: set data.source: local to read it, or remove data.path")
         if self.persistent_workers and self.num_workers == 0:
             raise ValueError("data.persistent_workers needs data.num_workers > 0")
         if self.on_gpu and (self.num_workers or self.pin_memory):
@@ -71,6 +135,10 @@ class LoraConfig(_Section):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | None = None  # None: the model family's attention projections
+    # Parameters that train beside the adapters: regular expressions searched in each parameter's name
+    # (e.g. 'wte' for GPT-2's token embedding). The original lab 06 trained embeddings, LayerNorms and the
+    # adapted layers' biases too (loralib froze only the adapted weights).
+    also_train: list[str] = []
 
 
 class ModelConfig(_Section):
@@ -79,7 +147,9 @@ class ModelConfig(_Section):
     path: str | None = None  # local folder with weights (weights: local)
     hub_name: str | None = None  # overrides the preset's hub id
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"
-    checkpointing: Literal["off", "full", "selective"] = "off"
+    # off; full: every block; selective: every checkpoint_every-th block; stage_and_conv (ResNeXt): each stage,
+    # every convolution inside its blocks and the final linear layer, as the original lab 04 wrapped them
+    checkpointing: Literal["off", "full", "selective", "stage_and_conv"] = "off"
     checkpoint_every: int = Field(2, gt=0)  # selective: checkpoint every k-th block
     channels_last: bool = False
     compile: bool = False
@@ -104,9 +174,14 @@ class TrainConfig(_Section):
     # Set: the global batch held constant instead, batch_size = global / (devices x num_nodes x grad_accum).
     global_batch_size: int | None = Field(None, gt=0)
     grad_accum: int = Field(1, gt=0)
-    optimizer: Literal["adamw", "sgd", "sgd_momentum", "nesterov"] = "adamw"
+    # adam: Adam with weight decay added to the gradient (L2, torch.optim.Adam), as the original lab 02-04 trained
+    optimizer: Literal["adamw", "adam", "sgd", "sgd_momentum", "nesterov"] = "adamw"
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    # matrices: decay weight matrices only (BERT/GPT-2 practice); all: every parameter, biases and norms too
+    # (torch's default, which the original labs used)
+    weight_decay_on: Literal["matrices", "all"] = "matrices"
+    eps: float = Field(1e-8, gt=0)  # Adam/AdamW epsilon; transformers' AdamW (original labs 01 and 07) used 1e-6
     momentum: float = Field(0.9, ge=0, lt=1)
     betas: tuple[float, float] = (0.9, 0.999)
     fused: bool = False  # fused optimizer kernels (CUDA only)
@@ -121,6 +196,7 @@ class TrainConfig(_Section):
     zero_stage: int = Field(2, ge=1, le=3)  # deepspeed
     seed: int = 0
     eval_every_epoch: bool = True
+    eval_every_steps: int | None = Field(None, gt=0)  # also validate every this many optimizer steps
     eval_batches: int | None = Field(None, gt=0)  # cap on validation batches (None: all)
     log_every: int = Field(10, gt=0)
 
@@ -160,20 +236,51 @@ class MeasureConfig(_Section):
     max_batch: int = Field(4096, gt=0)
 
 
+class SimclsConfig(_Section):
+    """Re-ranking summaries (task simcls): the generator that writes the candidates, and the scorer's ranking loss."""
+    # The generator (a T5): its candidates are generated once per data set and cached, before the scorer trains.
+    generator: ModelConfig = Field(default_factory=ModelConfig)
+    source_prefix: str = ""  # put before each abstract for the generator, e.g. "summarize: " for a pretrained t5-small
+    # Steps of the kit's training loop on the training pairs (abstract -> title) before generating; 0: the generator
+    # as loaded. A random-weight generator writes nothing like a title, and its candidates would all score ROUGE 0.
+    generator_steps: int = Field(0, ge=0)
+    generator_lr: float = Field(1e-3, gt=0)
+    num_candidates: int = Field(8, ge=2)  # candidates per abstract: diverse beam search, one beam per group
+    diversity_penalty: float = Field(1.0, ge=0)  # subtracted from a token's log-probability per earlier group that chose it
+    generation_batch: int = Field(32, gt=0)  # abstracts per generation batch
+    margin: float = Field(0.01, ge=0)  # candidates i < j in ROUGE order: score_i must beat score_j by margin * (j - i)
+    gold_margin: float = Field(0.0, ge=0)  # the reference must beat every candidate by this much
+    gold_weight: float = Field(1.0, ge=0)  # weight of the reference-vs-candidate term
+
+
 class LaunchConfig(_Section):
     # A hung rank ends the whole run after this long; a SLURM job's time limit is this plus 10 min (labkit.launch.slurm).
     timeout_s: float = Field(3600, gt=0)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+    memory_gb: float | None = Field(None, gt=0)  # host memory per node a SLURM job asks for; None: the partition's default
 
 
 class Config(_Section):
-    task: Literal["bert_squad", "cifar_resnext", "gpt2_sft", "t5_qa"]
+    task: Literal["bert_squad", "cifar_resnext", "gpt2_sft", "t5_qa", "simcls"]
     description: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    simcls: SimclsConfig = Field(default_factory=SimclsConfig)
+
+    @model_validator(mode="after")
+    def _check_task_options(self) -> "Config":
+        # Options that only one task implements; elsewhere they would be silently ignored.
+        only = {"model.checkpointing 'stage_and_conv'": (self.model.checkpointing == "stage_and_conv", "cifar_resnext"),
+                "data.squad_examples 'one_per_answer'": (self.data.squad_examples == "one_per_answer", "bert_squad"),
+                "data.gsm8k_target 'final_number'": (self.data.gsm8k_target == "final_number", "t5_qa"),
+                "data.drop_duplicate_contexts": (self.data.drop_duplicate_contexts, "t5_qa")}
+        for option, (used, task) in only.items():
+            if used and self.task != task:
+                raise ValueError(f"{option} applies to task '{task}' only, not '{self.task}': remove it")
+        return self
 
 
 class ConfigError(ValueError):
@@ -195,9 +302,19 @@ def load(config_file: str | Path, profile: str = "smoke", overrides: dict[str, A
         raise ConfigError(f"{config_file}: no such params file.{hint}")
     raw = _read_yaml(path)
     task = raw.get("task")
+    allowed = NOTEBOOK_TASKS.get(path.parent.name)
+    if allowed and isinstance(task, str) and task not in allowed:
+        homes = [nb for nb, tasks in NOTEBOOK_TASKS.items() if task in tasks]
+        raise ConfigError(f"{path}: task '{task}' does not belong in {path.parent.name}/, whose notebook is written for "
+                          f"{' and '.join(allowed)}; move the file to params/{homes[0] if homes else '<its notebook>'}/ "
+                          "or set the task of this notebook")
     merged = copy.deepcopy(profile_for(profile, task)) if task else {}
     _deep_merge(merged, profile_for(profile, path.parent.name))  # a notebook's own section, where it has one
     _deep_merge(merged, raw)
+    # A section named '<notebook>/<pattern>' (fnmatch, e.g. '07_t5_model_parallel/gsm8k_*') is the profile's word on
+    # those configurations themselves, so it lies over their files: how `full` runs each one as the original did.
+    for key in sorted(k for k in profile_for(profile, None) if "/" in k and fnmatch.fnmatch(f"{path.parent.name}/{path.stem}", k)):
+        _deep_merge(merged, profile_for(profile, key))
     for dotted, value in (overrides or {}).items():
         _set_dotted(merged, dotted, value)
     try:
@@ -206,18 +323,49 @@ def load(config_file: str | Path, profile: str = "smoke", overrides: dict[str, A
         raise ConfigError(_explain(err, path, profile)) from None
 
 
-def profile_for(profile: str, task: str) -> dict:
-    """The profile's settings for one task or notebook (empty where the profile says nothing of it)."""
-    path = PARAMS_DIR / "profiles" / f"{profile}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (PARAMS_DIR / "profiles").glob("*.yaml"))
-        raise ConfigError(f"profile '{profile}' does not exist ({path}); choose one of {known}")
-    return _read_yaml(path).get(task, {})
+def profile_for(profile: str, task: str | None) -> dict:
+    """The profile's settings for one task or notebook (empty where the profile says nothing of it); task None: all."""
+    sections = _read_yaml(profile_path(profile))
+    return sections if task is None else sections.get(task, {})
+
+
+def profile_path(profile: str) -> Path:
+    """The file of a profile given by name. Only a name: the profile also names the folder runs/<profile>/,
+    so a path ('../x', '/tmp/x') would put records and locks outside runs/."""
+    known = sorted(p.stem for p in (PARAMS_DIR / "profiles").glob("*.yaml"))
+    if profile not in known:
+        near = difflib.get_close_matches(str(profile), known, n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        raise ConfigError(f"profile '{profile}' does not exist: a profile is the name of a file in "
+                          f"{PARAMS_DIR / 'profiles'}, without .yaml; choose one of {known}.{hint}")
+    return PARAMS_DIR / "profiles" / f"{profile}.yaml"
+
+
+class _TwiceGiven(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"line {line}: '{key}' is given twice (also on line {first}); YAML would silently keep the "
+                         "last value: delete one")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in lines:
+                    raise _TwiceGiven(key, line, lines[key])
+                lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except _TwiceGiven as err:
+        raise ConfigError(f"{path}, {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -235,8 +383,16 @@ def _deep_merge(base: dict, top: dict) -> None:
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
+    section: Any = Config
+    for depth, key in enumerate(parents):
+        field = section.model_fields.get(key) if section else None
+        section = field.annotation if field and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        node = tree.setdefault(key, {})
+        if (field and section is None) or not isinstance(node, dict):  # unknown keys: left to validation's did-you-mean
+            setting = ".".join(parents[:depth + 1])
+            raise ConfigError(f"override '{dotted}': {setting} is a setting, not a section, so it has no key "
+                              f"'{(parents + [leaf])[depth + 1]}'; write {{'{setting}': value}}")
+        tree = node
     if isinstance(value, dict) and isinstance(tree.get(leaf), dict):
         _deep_merge(tree[leaf], value)  # a section: its other keys keep the profile's and the file's values
     else:

@@ -26,6 +26,7 @@ from torch.utils.data import RandomSampler
 from labkit import results
 from labkit.config import Config
 from labkit.models import Checkpointed
+from labkit.preflight import uses_cuda
 from labkit.tasks import Task, build_task
 from labkit.train import fit, make_fabric
 
@@ -114,7 +115,7 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 def probe(cfg: Config, task: Task, batch: int, budget_gb: float | None) -> dict:
     """A few training steps at ``batch``: status ('ok', 'oom', 'over_budget'), memory and speed."""
-    cuda = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+    cuda = uses_cuda(cfg)
     warmup, timed = (3, 5) if cuda else (1, 2)
     raw = cfg.model_dump()
     raw["train"].update(batch_size=batch, global_batch_size=None, max_steps=warmup + timed, epochs=1, grad_accum=1,
@@ -157,7 +158,7 @@ def batch_search(record: dict, runs_dir: str | Path | None = None) -> dict:
         print(f"No batch-size search: the run's status is {record.get('status')} ({record.get('error')}).")
         return record
     cfg = Config.model_validate(record["params"])
-    cuda = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+    cuda = uses_cuda(cfg)
     budget = cfg.measure.memory_budget_gb
     if cuda:
         device = torch.device("cuda", torch.cuda.current_device())

@@ -11,20 +11,26 @@ from labkit.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, SGD, SGD with momentum or Nesterov over the trainable parameters.
+    """AdamW, Adam, SGD, SGD with momentum or Nesterov over the trainable parameters.
 
-    Weight decay applies to matrices only (not biases and norm weights), as in BERT and GPT-2
-    training, and the same decay is used for every optimizer so a sweep compares like with like.
+    Weight decay applies to matrices only (not biases and norm weights), as in BERT and GPT-2 training,
+    or to every parameter (``weight_decay_on: all``, torch's default, as the original labs ran); the same
+    decay is used for every optimizer so a sweep compares like with like. Adam adds the decay to the
+    gradient (L2, coupled with the adaptive step); AdamW subtracts it from the weight (decoupled).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    if cfg.weight_decay_on == "all":
+        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
     groups = [g for g in groups if g["params"]]
     fused = {"fused": True} if cfg.fused else {}
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
+    if cfg.optimizer in ("adamw", "adam"):
+        adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fused)
     momentum = {"sgd": 0.0, "sgd_momentum": cfg.momentum, "nesterov": cfg.momentum}[cfg.optimizer]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, nesterov=cfg.optimizer == "nesterov", **fused)
 

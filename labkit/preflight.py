@@ -1,45 +1,103 @@
-"""Can this configuration run here? Decided before any work starts and before any record is written.
+"""Can this configuration run, and can it run here? Decided before any work and before any record is written.
 
-A configuration that cannot run on this machine is recorded as 'skipped' with the reason returned
-here (a GPU-only setting on a CPU, too few GPUs or nodes, an extra that is not installed).
+Two answers, in this order (``labkit.run`` asks both before it writes anything):
+
+* ``check_settings``: settings that can never run together, on any machine (a packed batch under
+  DataParallel, a layer-split model that is also data parallel, ...). These raise ``ConfigError`` naming
+  the file, the keys and the fix, as a wrong key does; no record is written.
+* ``skip_reason``: why *this* machine cannot run the configuration honestly (too few GPUs or nodes, an
+  extra that is not installed, a GPU-only setting on a CPU). Such a run is recorded as 'skipped' with
+  the reason, so a sweep goes on and its report says what was not measured and why.
+
+The schema (labkit.config) already refuses what one section alone can tell; the rules here need several
+sections, the task, or the machine.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+from pathlib import Path
 
 import torch
 
-from labkit.config import Config
+from labkit.config import Config, ConfigError
+
+# Tasks whose batches cannot be packed into one row: a packed row would mix a causal LM's pairs, and an
+# encoder-decoder pairs each source with its own target.
+UNPACKABLE = {"gpt2_sft": "a packed row would mix prompt/response pairs",
+              "t5_qa": "an encoder-decoder pairs each source with its own target",
+              "simcls": "the scorer embeds each document, reference and candidate as a sequence of its own"}
+
+
+def uses_cuda(cfg: Config) -> bool:
+    """Whether ``cfg`` runs on GPUs here: a GPU is visible and the accelerator does not ask for the CPU."""
+    return torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+
+
+# The model family of each task, whose PRESETS name the sizes model.preset may take.
+MODEL_FAMILIES = {"bert_squad": "labkit.models.bert", "cifar_resnext": "labkit.models.resnext",
+                  "gpt2_sft": "labkit.models.gpt2", "t5_qa": "labkit.models.t5"}
+
+
+def setting_conflicts(cfg: Config) -> list[str]:
+    """Combinations of settings that cannot run anywhere, each with its fix (empty: none)."""
+    d, t, m = cfg.data, cfg.train, cfg.model
+    problems = []
+    if cfg.task in MODEL_FAMILIES:
+        presets = importlib.import_module(MODEL_FAMILIES[cfg.task]).PRESETS
+        if m.preset not in presets:
+            problems.append(f"model.preset {m.preset!r} is not a size of {cfg.task}'s model: choose one of {sorted(presets)}")
+    if d.padding == "packed" and cfg.task in UNPACKABLE:
+        problems.append(f"data.padding 'packed' is not supported by {cfg.task} ({UNPACKABLE[cfg.task]}): "
+                        "use data.padding max_length or dynamic")
+    if d.padding == "packed" and t.strategy == "dp":
+        problems.append("data.padding 'packed' makes each batch one row, which DataParallel (train.strategy dp) cannot "
+                        "split over its GPUs: use train.strategy ddp, or data.padding dynamic")
+    if cfg.task == "t5_qa" and d.dataset not in ("gsm8k", "bioqa"):
+        problems.append(f"task t5_qa needs data.dataset gsm8k or bioqa (it is {d.dataset!r}): set it in the params file")
+    if m.split_devices > 1 and t.devices * t.num_nodes > 1:
+        problems.append("model.split_devices places one model over several GPUs in one process; it does not combine "
+                        "with train.devices x num_nodes > 1 (data parallel): set one of them to 1")
+    if m.split_devices > 1 and cfg.task != "t5_qa":
+        problems.append(f"model.split_devices is {m.split_devices}, but only t5_qa has a layer-split model: set it to 1")
+    return problems
+
+
+def check_settings(cfg: Config, source: str | Path = "configuration") -> None:
+    """Raise ConfigError, naming ``source`` (the params file), when settings of ``cfg`` cannot run together."""
+    if problems := setting_conflicts(cfg):
+        raise ConfigError("\n".join([f"{source}: {len(problems)} problem(s)"] + [f"  - {p}" for p in problems]))
 
 
 def unavailable_reason(cfg: Config, cuda: bool) -> str | None:
-    """Why this machine cannot run ``cfg``'s processes (recorded as 'skipped'), or None if it can."""
+    """Why this machine cannot start ``cfg``'s processes (too few GPUs or nodes, DeepSpeed missing), or None."""
     t = cfg.train
-    if t.strategy == "deepspeed":
-        if importlib.util.find_spec("deepspeed") is None:
-            return "DeepSpeed is not installed: pip install '.[deepspeed]' (or pip install deepspeed), then run again"
+    if t.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        return "DeepSpeed is not installed: pip install '.[deepspeed]' (or pip install deepspeed), then run again"
     if t.num_nodes > 1:
         job = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 0)
         if job < t.num_nodes:
             where = f"this SLURM job has {job}" if os.environ.get("SLURM_JOB_ID") else "this is not a SLURM job"
             return (f"train.num_nodes is {t.num_nodes} and {where}: run the notebook inside a job of "
                     f"{t.num_nodes} nodes (sbatch or salloc --nodes {t.num_nodes})")
-    if cuda and t.devices > torch.cuda.device_count():
-        return f"train.devices is {t.devices}: it needs {t.devices} GPUs per node and {torch.cuda.device_count()} are visible"
+    if cuda:
+        visible = torch.cuda.device_count()
+        if t.devices > visible:
+            return f"train.devices is {t.devices}: it needs {t.devices} GPUs per node and {visible} are visible"
+        if cfg.model.split_devices > visible:
+            return (f"model.split_devices is {cfg.model.split_devices}: the layer-split model needs that many GPUs "
+                    f"and {visible} are visible")
+    elif t.devices > 2 * (cores := len(os.sched_getaffinity(0))):
+        # CPU ranks (gloo) oversubscribed beyond two per core measure nothing but each other's waiting.
+        return (f"train.devices is {t.devices} and this process may use {cores} CPU core(s): set train.devices to at "
+                f"most {2 * cores} for CPU ranks, or run on GPUs")
     return None
 
 
-def gpu_only_reason(cfg: Config, cuda: bool = False) -> str | None:
-    """Why a configuration cannot honestly run on a CPU (or on the GPUs visible), or None if it can."""
+def cpu_reason(cfg: Config) -> str | None:
+    """Why ``cfg`` cannot honestly run on a CPU, or None: every CPU rule of the kit, in one place."""
     t = cfg.train
-    if reason := unavailable_reason(cfg, cuda):
-        return reason
-    if cuda:
-        visible = torch.cuda.device_count()
-        if cfg.model.split_devices > visible:
-            return f"model.split_devices is {cfg.model.split_devices}: the layer-split model needs that many GPUs and {visible} are visible"
-        return None
     if t.accelerator == "cuda":
         return "accelerator is 'cuda' and no GPU is visible"
     if t.precision in ("tf32", "16-mixed", "bf16-mixed", "bf16-true"):
@@ -55,3 +113,10 @@ def gpu_only_reason(cfg: Config, cuda: bool = False) -> str | None:
     if cfg.model.split_devices > 1:
         return "model parallel over GPUs needs GPUs"
     return None
+
+
+def skip_reason(cfg: Config, cuda: bool | None = None) -> str | None:
+    """Why this machine cannot run ``cfg`` (recorded as 'skipped'), or None if it can. ``cuda``: whether the
+    run would use GPUs (default: whether it does here)."""
+    cuda = uses_cuda(cfg) if cuda is None else cuda
+    return unavailable_reason(cfg, cuda) or (None if cuda else cpu_reason(cfg))

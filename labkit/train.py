@@ -1,41 +1,29 @@
 """The one training loop, on Lightning Fabric.
 
 Precision, strategy, devices and checkpointing are settings handed to Fabric or the model; the loop
-itself never forks on them. It measures as it goes (step split, throughput, memory, GPU samples,
-NVTX ranges) and returns curves and a summary for the results record.
+itself never forks on them. What it measures (step split, throughput, memory, GPU samples, a profiled
+trace) it measures through one labkit.measure.Meter, so the loop reads as the training step it teaches.
 """
 from __future__ import annotations
 
 import math
 import os
-import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.plugins.environments import TorchElasticEnvironment
-from lightning.fabric.strategies import DataParallelStrategy, DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
+from lightning.fabric.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 from torch import nn
 from torch.utils.data import DataLoader
 
-from labkit import measure
 from labkit.config import Config, TrainConfig
 from labkit.launch import NO_MULTICAST
+from labkit.measure import Meter, progress_bar
 from labkit.optim import build_optimizer, build_schedule, count_parameters
-from labkit.tasks import Task, batch_size_of, real_tokens_of
-
-FABRIC_PRECISION = {"32": "32-true", "tf32": "32-true", "16-mixed": "16-mixed", "bf16-mixed": "bf16-mixed", "bf16-true": "bf16-true"}
-
-
-def progress_bar(**kwargs):
-    """Widgets in JupyterLab; plain, infrequent lines when run headless (papermill sets LABKIT_HEADLESS)."""
-    if os.environ.get("LABKIT_HEADLESS"):
-        from tqdm.std import tqdm
-
-        return tqdm(mininterval=10, ascii=True, **kwargs)
-    from tqdm.auto import tqdm
-
-    return tqdm(**kwargs)
+from labkit.precision import PRECISIONS
+from labkit.tasks import Task, batch_size_of
 
 
 def make_fabric(cfg: Config) -> Fabric:
@@ -61,7 +49,7 @@ def make_fabric(cfg: Config) -> Fabric:
     # whose own variables describe srun's tasks (one per node), not the ranks.
     plugins = [TorchElasticEnvironment()] if torch.distributed.is_torchelastic_launched() else None
     fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-                    precision=FABRIC_PRECISION[t.precision], plugins=plugins)
+                    precision=PRECISIONS[t.precision].fabric, plugins=plugins)
     fabric.launch()  # joins this rank to the process group; starts no process (labkit.launch.distributed did)
     return fabric
 
@@ -79,8 +67,22 @@ def shard_blocks(model: nn.Module, mesh, precision: str) -> nn.Module:
     if precision == "bf16-mixed":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in _outer_blocks(model):
+        # Registered before fully_shard, so it runs before FSDP2 hooks the block's outputs for backward.
+        block.register_forward_hook(_outputs_as_copies_of_views)
         fully_shard(block, **kwargs)
     return fully_shard(model, **kwargs)
+
+
+def _outputs_as_copies_of_views(module: nn.Module, args: Any, output: Any) -> Any:
+    """A block's outputs that are views of another tensor, as copies. FSDP2 hooks each output that needs a
+    gradient to gather the block's parameters for backward, and a view's hook is lost if anything later
+    changes it in place. T5's first block returns its relative position bias as such a view (a permute of an
+    embedding lookup, heads x length x length: a few MB to copy); the later blocks only read it, but the copy
+    makes the gradients right by construction, whatever the model does with its blocks' outputs."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and t.requires_grad and t._base is not None
+                    else t, output)
 
 
 def _outer_blocks(module: nn.Module):
@@ -117,195 +119,83 @@ def setup_model_and_optimizer(fabric: Fabric, model: nn.Module, t: TrainConfig) 
     return model, fabric.setup_optimizers(build_optimizer(model, t))
 
 
-def devices_of_process(fabric: Fabric, model: nn.Module) -> list[torch.device]:
-    """The devices this process drives: DataParallel's GPUs (it copies the model to each every step),
-    a layer-split model's GPUs, or its one device."""
-    if isinstance(fabric.strategy, DataParallelStrategy):
-        return list(fabric.strategy.parallel_devices)
-    return measure.devices_of(model, fabric.device)
+def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> dict:
+    """Train ``task.model`` as ``cfg`` says; returns the record's {"summary": {...}, "curves": {...}}.
+    ``trace``: where the profiled steps' Chrome trace goes (with measure.profile_steps > 0)."""
+    t = cfg.train
+    meter = Meter(cfg, fabric, trace)
+    counts = count_parameters(task.model)  # before FSDP replaces the parameters with shards
+    with meter.phase("setup"):
+        model, optimizer = setup_model_and_optimizer(fabric, prepare_model(cfg, task.model), t)
+    train_loader, val_loader = make_loaders(cfg, task, fabric)
+    micro_steps = len(train_loader) // t.grad_accum * t.grad_accum  # per epoch: whole optimizer steps only
+    total_steps = count_steps(cfg, len(train_loader), len(task.train_set))
+    schedule = build_schedule(optimizer, t, total_steps)
+    step = 0
+    with meter.training(model, optimizer, total_steps):
+        for epoch in range(t.epochs):
+            model.train()
+            batches = iter(train_loader)
+            with meter.epoch():
+                for micro in range(micro_steps):
+                    with meter.phase("data"):
+                        batch = next(batches)
+                    batch = fabric.to_device(batch)  # outside the data phase: 'data' is the loader's time alone
+                    accumulating = (micro + 1) % t.grad_accum != 0
+                    # DDP all-reduces the gradients in the last micro-batch's backward only
+                    with fabric.no_backward_sync(model, enabled=accumulating):
+                        with meter.phase("forward"):
+                            loss = task.loss(model, batch) / t.grad_accum
+                        with meter.phase("backward"):
+                            fabric.backward(loss)  # instead of loss.backward(): loss scaling, sharded gradients
+                    meter.count(batch, loss)
+                    if accumulating:
+                        continue
+                    with meter.phase("optimizer"):
+                        if t.grad_clip:
+                            fabric.clip_gradients(model, optimizer, max_norm=t.grad_clip)
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    schedule.step()
+                    step += 1
+                    meter.step_end(step, epoch + (micro + 1) / micro_steps)
+                    if step == total_steps:
+                        break
+            if t.eval_every_epoch or step == total_steps:
+                meter.validated(epoch + 1, validate(cfg, task, model, val_loader, fabric))
+            if step == total_steps:
+                break
+    return meter.result(task.flops_per_sample, **counts, global_batch=process_batch(cfg) * t.grad_accum * fabric.world_size)
 
 
-def memory_per_gpu(fabric: Fabric, devices: list[torch.device]) -> dict[str, float]:
-    """Peak memory of the fullest GPU, and of each GPU (peak_allocated_gb_gpu<i>): read here for this
-    process's GPUs, gathered from every rank when there are several (i is then the rank)."""
-    memory = measure.memory_gb(*devices)
-    if fabric.world_size > 1 and memory:
-        peaks = fabric.all_gather(torch.tensor(memory["peak_allocated_gb"], device=fabric.device)).flatten().tolist()
-        memory.update(peak_allocated_gb=max(peaks), **{f"peak_allocated_gb_gpu{r}": gb for r, gb in enumerate(peaks)})
-    return memory
-
-
-def fit(cfg: Config, task: Task, fabric: Fabric) -> dict:
-    """Train ``task.model`` as ``cfg`` says; returns {"summary": {...}, "curves": {...}}."""
-    t, m = cfg.train, cfg.measure
-    device = fabric.device
-    model = task.model
+def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
+    """The model in the memory format and compiled form the settings ask for."""
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    counts = count_parameters(model)
     if cfg.model.compile:
         # Under dynamic padding or packing every batch has its own length: compile for symbolic shapes at once
         # instead of first for the first batch's length and again when the second differs.
         dynamic = True if cfg.data.padding in ("dynamic", "packed") else None
         model = torch.compile(model, mode=cfg.model.compile_mode, dynamic=dynamic)
-    memory = measure.MemoryProbe(device)  # allocated memory around the first step: the memory breakdown
-    model, optimizer = setup_model_and_optimizer(fabric, model, t)
-    memory.read("setup")
-    # Under several ranks every sampler is sharded (a task's own sampler too), so each sample is seen once an epoch.
-    # The loop moves each batch itself, after the data timer, so that 'data' is the loader's time alone.
-    train_loader = fabric.setup_dataloaders(make_loader(cfg, task.train_set, task.collate_fn, True, task.train_sampler),
-                                            move_to_device=False)
-    val_loader = fabric.setup_dataloaders(make_loader(cfg, task.val_set, task.collate_fn, False))
+    return model
 
-    steps_per_epoch = len(train_loader) // t.grad_accum
-    total_steps = min(t.max_steps or math.inf, steps_per_epoch * t.epochs)
-    if total_steps < 1:
-        raise ValueError(f"no optimizer step fits: {len(task.train_set)} training samples with batch {t.batch_size} "
+
+def make_loaders(cfg: Config, task: Task, fabric: Fabric) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders. Under several ranks every sampler is sharded (a task's own sampler
+    too), so each sample is seen once an epoch. The loop moves each training batch to the device itself."""
+    train = make_loader(cfg, task.train_set, task.collate_fn, True, task.train_sampler)
+    val = make_loader(cfg, task.val_set, task.collate_fn, False)
+    return fabric.setup_dataloaders(train, move_to_device=False), fabric.setup_dataloaders(val)
+
+
+def count_steps(cfg: Config, batches: int, samples: int) -> int:
+    """Optimizer steps of the run: all epochs of ``batches`` loader batches, or train.max_steps if fewer."""
+    t = cfg.train
+    total = min(t.max_steps or math.inf, batches // t.grad_accum * t.epochs)
+    if total < 1:
+        raise ValueError(f"no optimizer step fits: {samples} training samples with batch {t.batch_size} "
                          f"and grad_accum {t.grad_accum}; lower train.batch_size or raise data.train_examples")
-    schedule = build_schedule(optimizer, t, total_steps)
-
-    timer = measure.StepTimer(device)
-    clock = SteadyClock(device)
-    curves: dict[str, list] = {"train_loss": [], "val_loss": [], "epoch_time_s": []}
-    step = samples = since_log = 0
-    tokens = torch.zeros((), device=device, dtype=torch.long)
-    train_time = 0.0
-    devices = devices_of_process(fabric, model)  # several under DataParallel or when the model is layer-split
-    profiler = measure.CommProfiler(device, m.profile_steps)
-    steady_from = m.warmup_steps + m.profile_steps  # profiled steps are slower: left out of throughput
-    measure.reset_peak_memory(*devices)
-    with measure.GPUSampler(m.gpu_sample_interval, device_index=[d.index or 0 for d in devices]) as sampler:
-        bar = progress_bar(total=int(total_steps), desc=cfg.task, unit="step", disable=fabric.global_rank != 0)
-        for epoch in range(t.epochs):
-            model.train()
-            epoch_start = time.perf_counter()
-            shown_at, shown_samples = epoch_start, samples  # the bar's throughput: since the last loss shown
-            if step >= steady_from:
-                clock.start(samples)
-            running = torch.zeros((), device=device)
-            batches = iter(train_loader)
-            for micro in range(steps_per_epoch * t.grad_accum):
-                with timer.data(), measure.nvtx_range("data", m.nvtx):
-                    batch = next(batches)
-                batch = fabric.to_device(batch)
-                if micro % t.grad_accum == 0:
-                    if step == m.warmup_steps:
-                        profiler.start(step)
-                    timer.mark("start")
-                accumulating = (micro + 1) % t.grad_accum != 0
-                with fabric.no_backward_sync(model, enabled=accumulating):
-                    with measure.nvtx_range("forward", m.nvtx):
-                        memory.read("start")
-                        loss = task.loss(model, batch) / t.grad_accum
-                        memory.read("forward")
-                    with measure.nvtx_range("backward", m.nvtx):
-                        fabric.backward(loss)
-                        memory.read("backward")
-                running += loss.detach()
-                samples += batch_size_of(batch)
-                batch_tokens = real_tokens_of(batch)
-                if batch_tokens is not None:
-                    tokens += batch_tokens
-                if accumulating:
-                    continue
-                timer.mark("backward_done")
-                with measure.nvtx_range("optimizer", m.nvtx):
-                    if t.grad_clip:
-                        fabric.clip_gradients(model, optimizer, max_norm=t.grad_clip)
-                    optimizer.step()
-                    memory.read("optimizer")
-                    optimizer.zero_grad(set_to_none=True)
-                    schedule.step()
-                timer.mark("end")
-                step += 1
-                since_log += 1
-                if step == steady_from:
-                    profiler.stop(step)
-                    clock.start(samples)  # steady state begins after compilation and allocator warm-up
-                    # Peak memory is the steady state's too: cuDNN's algorithm search and compilation
-                    # allocate scratch space in the first steps that training itself never needs again.
-                    measure.reset_peak_memory(*devices)
-                if step % t.log_every == 0 or step == total_steps:
-                    # .item() syncs, so the loss is read only every log_every steps
-                    value = fabric.all_reduce(running, reduce_op="mean").item() / since_log
-                    running.zero_()
-                    since_log = 0
-                    curves["train_loss"].append([step, epoch + (micro + 1) / (steps_per_epoch * t.grad_accum), value])
-                    now = time.perf_counter()  # after .item(): the device has finished these steps
-                    rate = fabric.world_size * (samples - shown_samples) / (now - shown_at)
-                    shown_at, shown_samples = now, samples
-                    bar.set_postfix({"epoch": epoch + 1, "loss": f"{value:.3f}", "samples/s": f"{rate:.1f}"}, refresh=False)
-                bar.update(1)
-                if step >= total_steps:
-                    break
-            clock.stop(samples)
-            profiler.stop(step)
-            curves["epoch_time_s"].append(time.perf_counter() - epoch_start)
-            train_time += curves["epoch_time_s"][-1]
-            if t.eval_every_epoch or step >= total_steps:
-                metrics = validate(cfg, task, model, val_loader, fabric)
-                curves["val_loss"].append([step, epoch + 1, metrics.pop("val_loss")])
-                curves.setdefault("val_metrics", []).append({"step": step, "epoch": epoch + 1, **metrics})
-            if step >= total_steps:
-                break
-        bar.close()
-    world = fabric.world_size
-    measured_samples, measured_time = (clock.samples, clock.seconds) if clock.seconds else (samples, train_time)
-    summary: dict[str, Any] = {
-        **counts,
-        "steps": step,
-        "train_time_s": train_time,
-        "samples_per_s": world * measured_samples / measured_time,
-        "steady_state": bool(clock.seconds),
-        "first_train_loss": curves["train_loss"][0][2] if curves["train_loss"] else None,
-        "final_train_loss": curves["train_loss"][-1][2] if curves["train_loss"] else None,
-        "final_val_loss": curves["val_loss"][-1][2] if curves["val_loss"] else None,
-        "global_batch": process_batch(cfg) * t.grad_accum * world,
-        **timer.summary(skip=steady_from),
-        **memory_per_gpu(fabric, devices),
-        **memory.measured_gb(),
-        **measure.computed_memory_gb(model, optimizer),
-        **profiler.summary(),
-        **sampler.summary(clock.windows),
-    }
-    total_tokens = fabric.all_reduce(tokens.float(), reduce_op="sum").item()
-    if total_tokens:
-        summary["tokens_per_s"] = summary["samples_per_s"] * total_tokens / (samples * world)
-    if "val_metrics" in curves:
-        summary.update({k: v for k, v in curves["val_metrics"][-1].items() if k not in ("step", "epoch")})
-    if task.flops_per_sample:
-        peak = measure.peak_tflops(torch.cuda.get_device_name(device) if device.type == "cuda" else "", t.precision)
-        summary["model_tflops_per_s"] = task.flops_per_sample * summary["samples_per_s"] / 1e12
-        if peak:
-            summary["mfu"] = summary["model_tflops_per_s"] / (peak * world * len(devices))
-    curves["gpu"] = sampler.samples
-    curves["steps"] = timer.steps
-    if profiler.top_ops:
-        curves["top_ops"] = profiler.top_ops
-    return {"summary": summary, "curves": curves}
-
-
-class SteadyClock:
-    """Wall time and samples of the steady-state window, paused around validation; ``windows`` holds the
-    (start, stop) perf_counter readings of each stretch."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.seconds, self.samples, self._since = device, 0.0, 0, None
-        self.windows: list[tuple[float, float]] = []
-
-    def start(self, samples: int) -> None:
-        if self._since is None:
-            measure.synchronize(self.device)
-            self._since, self._from = time.perf_counter(), samples
-
-    def stop(self, samples: int) -> None:
-        measure.synchronize(self.device)
-        if self._since is not None:
-            now = time.perf_counter()
-            self.windows.append((self._since, now))
-            self.seconds += now - self._since
-            self.samples += samples - self._from
-            self._since = None
+    return int(total)
 
 
 @torch.no_grad()
@@ -322,6 +212,9 @@ def validate(cfg: Config, task: Task, model, val_loader, fabric: Fabric) -> dict
     total, count = fabric.all_reduce(total, reduce_op="sum"), fabric.all_reduce(count, reduce_op="sum")
     metrics = {"val_loss": (total / count.clamp(min=1)).item()}
     if task.evaluate is not None:
-        metrics.update(task.evaluate(model))
+        # No gradients and no optimizer state: twice the training batch fits where training did. A cap on
+        # validation batches caps the task metric at the same examples.
+        t = cfg.train
+        metrics.update(task.evaluate(model, 2 * t.batch_size, t.eval_batches * t.batch_size if t.eval_batches else None))
     model.train()
     return metrics

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from labkit.tasks import cifar_resnext
 from labkit.config import Config, ConfigError, load
+from labkit.data.synthetic.cifar import generate_cifar
 
 
 def write_cifar(folder, per_batch=6, seed=0):
@@ -58,7 +59,7 @@ def test_local_source_builds_the_task(tmp_path):
     assert task.info["data_source"].startswith("CIFAR-10") and task.info["weights"] == "random"
     x, y = task.train_set[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= int(y) < 10
-    assert 0 <= task.evaluate(task.model.eval())["accuracy"] <= 1
+    assert 0 <= task.evaluate(task.model.eval(), 64, None)["accuracy"] <= 1
 
 
 def test_hub_without_torchvision_says_what_to_do(monkeypatch, tmp_path):
@@ -69,12 +70,12 @@ def test_hub_without_torchvision_says_what_to_do(monkeypatch, tmp_path):
 
 
 def test_generator_shape_determinism_and_learnable_structure():
-    images, labels = cifar_resnext.generate(2500, "train", seed=0)
+    images, labels = generate_cifar(2500, "train", seed=0)
     assert images.shape == (2500, 3, 32, 32) and images.dtype == torch.uint8
     assert set(labels.tolist()) == set(range(10))
-    head, head_labels = cifar_resnext.generate(700, "train", seed=0)
+    head, head_labels = generate_cifar(700, "train", seed=0)
     assert torch.equal(head, images[:700]) and torch.equal(head_labels, labels[:700])
-    assert not torch.equal(cifar_resnext.generate(700, "test", seed=0)[0], head)
+    assert not torch.equal(generate_cifar(700, "test", seed=0)[0], head)
     # the documented structure: mean colour gives the hue (class mod 5), stripe direction the class // 5
     x = images.float()
     colour = x.mean((2, 3))
@@ -109,7 +110,7 @@ def test_loader_workers_get_different_augmentations():
 
 
 def test_resident_set_fetches_whole_batches():
-    images, labels = cifar_resnext.generate(40, "train")
+    images, labels = generate_cifar(40, "train")
     mean, std = cifar_resnext.channel_stats(images)
     data = cifar_resnext.ResidentCIFAR(images, labels, mean, std, train=False, device=torch.device("cpu"))
     calls = []
@@ -141,3 +142,43 @@ def test_channels_last_weights_get_channels_last_input(tmp_path):
         images, labels = next(iter(DataLoader(task.train_set, batch_size=4)))
         task.loss(task.model, (images, labels)).backward()
     assert seen == [False, True]  # the loader's NCHW batch is converted only when the weights are channels-last
+
+
+class RunsACommand:
+    """What a crafted batch holds: unpickling it calls os.system."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def test_the_reader_builds_only_what_the_format_holds(tmp_path):
+    root, _ = write_cifar(tmp_path)
+    marker = tmp_path / "ran"
+    with open(root / "data_batch_3", "wb") as f:
+        pickle.dump({"data": RunsACommand(f"touch {marker}"), "labels": []}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"data_batch_3: not a readable CIFAR-10 batch .*refers to (posix|os)\.system"):
+        cifar_resnext.read_batches(root, "train")
+    assert not marker.exists()
+    # Any protocol numpy and Python 3 write is still read: arrays, dtypes, bytes.
+    with open(root / "data_batch_3", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": np.array([1, 2]), "batch_label": b"x"}, f,
+                    protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(cifar_resnext.read_batches(root, "train")[1]) == 4 * 6 + 2
+
+
+def test_a_cut_batch_and_a_label_out_of_range_name_the_file(tmp_path):
+    root, _ = write_cifar(tmp_path)
+    whole = (root / "data_batch_2").read_bytes()
+    (root / "data_batch_2").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"data_batch_2: not a readable CIFAR-10 batch \(UnpicklingError: pickle data was truncated"):
+        cifar_resnext.read_batches(root, "train")
+    (root / "data_batch_2").write_bytes(whole)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((3, 3072), np.uint8), "labels": [0, 10, 2]}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"test_batch: label 10 of image 1 is outside 0\.\.9"):
+        cifar_resnext.read_batches(root, "test")

@@ -2,8 +2,13 @@
 and the validation of strategies. The ranks train a small classifier built in this module: the
 `toy` fixture points the cifar_resnext task at it, in this process and (through sitecustomize) in
 every process the launcher starts."""
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +22,8 @@ import labkit
 from labkit import results, tasks
 from labkit.config import ConfigError, load
 from labkit.launch.distributed import GRACE_S, LaunchError
-from labkit.preflight import gpu_only_reason, unavailable_reason
+from labkit.launch.worker import alive, parent_of
+from labkit.preflight import skip_reason, unavailable_reason
 from labkit.tasks import Task
 
 TESTS = Path(__file__).resolve().parent
@@ -65,6 +71,33 @@ def toy(tmp_path, monkeypatch):
     return write
 
 
+def ranks_at_work(record_dir: Path, count: int, stop: threading.Event | None = None, limit_s: float = 240) -> dict:
+    """Each rank's status file (pid, pgid, start) once all ``count`` ranks have reported 'running'; {} if ``stop`` is
+    set first."""
+    deadline = time.monotonic() + limit_s
+    while not (stop and stop.is_set()) and time.monotonic() < deadline:
+        found = {}
+        for path in record_dir.glob("launch/*/rank*.json"):
+            try:
+                found[json.loads(path.read_text())["rank"]] = json.loads(path.read_text())
+            except (OSError, ValueError):  # replaced while read
+                pass
+        if len(found) == count and all(r["status"] == "running" for r in found.values()):
+            return found
+        time.sleep(0.2)
+    return {}
+
+
+def gone(ranks: dict, within_s: float) -> bool:
+    """Whether every process of ``ranks`` has ended within ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while any(alive(r["pid"], r["start"]) for r in ranks.values()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def losses(record: dict) -> list[float]:
     return [value for _, _, value in record["curves"]["train_loss"]]
 
@@ -98,17 +131,72 @@ def test_a_rank_that_raises_ends_the_run_with_its_error(toy, tmp_path, monkeypat
 
 
 def test_a_hung_rank_ends_the_run_at_the_timeout_with_its_stack(toy, tmp_path, monkeypatch):
+    """Rank 1 hangs; rank 0 is stopped with SIGSTOP (kill -STOP), as a rank stuck in the kernel would be. Both are
+    gone after the timeout: each rank sits in its own process group, which the stop must reach."""
     monkeypatch.setenv("TOY_HANG_RANK", "1")
+    seen, ended = {}, threading.Event()
+
+    def stop_rank_0() -> None:
+        seen.update(ranks_at_work(tmp_path / "smoke" / "toy" / "hangs", 2, ended))
+        if seen:
+            os.kill(seen[0]["pid"], signal.SIGSTOP)
+
+    threading.Thread(target=stop_rank_0, daemon=True).start()
     start = time.monotonic()
-    with pytest.raises(LaunchError, match=r"timed out after 30 s \(launch.timeout_s\): rank\(s\) \[0, 1\]"):
-        labkit.run(toy("hangs", strategy="ddp", devices=2, timeout_s=30), "smoke", runs_dir=tmp_path)
-    assert time.monotonic() - start < 30 + 3 + GRACE_S + 5
+    try:
+        with pytest.raises(LaunchError, match=r"timed out after 45 s \(launch.timeout_s\): rank\(s\) \[0, 1\]"):
+            labkit.run(toy("hangs", strategy="ddp", devices=2, timeout_s=45), "smoke", runs_dir=tmp_path)
+    finally:
+        ended.set()
+    assert time.monotonic() - start < 45 + 3 + GRACE_S + 5
+    assert gone(seen, within_s=1), "a rank outlived the timeout"
     record = results.read(tmp_path / "smoke" / "toy" / "hangs")
     assert record["status"] == "failed"
     # A rank at work (it has reported 'running') dumps its Python stack into the record: where it hung, or, on a
     # machine so loaded that it was still importing, where it was.
     if record["launch"]["ranks"].get("1") == "running":
         assert re.search(r"\[rank1\] .*\(most recent call first\)", record["traceback"])
+
+
+def test_a_rank_killed_by_a_signal_is_named_with_it(toy, tmp_path, monkeypatch):
+    """kill -9 of rank 1 while rank 0 waits for it: the record blames rank 1 and its signal, not rank 0, whose
+    error (if it had time to report one) only follows from rank 1's death."""
+    monkeypatch.setenv("TOY_HANG_RANK", "1")
+    ended = threading.Event()
+
+    def kill_rank_1() -> None:
+        if ranks := ranks_at_work(tmp_path / "smoke" / "toy" / "killed", 2, ended):
+            os.kill(ranks[1]["pid"], signal.SIGKILL)
+
+    threading.Thread(target=kill_rank_1, daemon=True).start()
+    try:
+        with pytest.raises(LaunchError, match=r"^rank 1 was killed by SIGKILL \(exit code -9\) without reporting"):
+            labkit.run(toy("killed", strategy="ddp", devices=2, timeout_s=300), "smoke", runs_dir=tmp_path)
+    finally:
+        ended.set()
+    assert results.read(tmp_path / "smoke" / "toy" / "killed")["launch"]["ranks"]["1"] == "running"
+
+
+def test_ranks_die_with_a_launcher_killed_by_sigkill(toy, tmp_path, monkeypatch):
+    """kill -9 of the process that launched the run (a notebook kernel, which dies with its run-all): torchrun and
+    the ranks end too, instead of training on beside the next run, and the record says the run never ended."""
+    monkeypatch.setenv("TOY_HANG_RANK", "1")
+    params = toy("orphans", strategy="ddp", devices=2, timeout_s=300)
+    launcher = subprocess.Popen([sys.executable, "-c", "import sys, labkit; labkit.run(sys.argv[1], 'smoke', runs_dir=sys.argv[2])",
+                                 str(params), str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        ranks = ranks_at_work(tmp_path / "smoke" / "toy" / "orphans", 2, limit_s=240)
+        assert ranks, "the ranks never started"
+        torchrun = parent_of(ranks[0]["pid"])
+        launcher.kill()
+        launcher.wait()
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert gone(ranks, within_s=15), "ranks outlived their launcher"
+    assert torchrun is None or gone({0: {"pid": torchrun, "start": None}}, within_s=15)
+    assert results.read(tmp_path / "smoke" / "toy" / "orphans")["status"] == "running"
 
 
 @pytest.mark.parametrize("train, words", [
@@ -134,16 +222,15 @@ def test_what_this_machine_lacks_is_a_skip_reason(monkeypatch):
     assert "needs 4 GPUs per node and 1 are visible" in unavailable_reason(cfg(devices=4), cuda=True)
     assert unavailable_reason(cfg(devices=1), cuda=True) is None
     eight = load("params/05_ddp_fsdp/fsdp_8gpu.yaml", "gpu")  # a point of the scaling curve
-    assert "needs 8 GPUs per node and 1 are visible" in gpu_only_reason(eight, cuda=True)
-    assert "accelerator is 'cuda' and no GPU is visible" in gpu_only_reason(eight, cuda=False)
+    assert "needs 8 GPUs per node and 1 are visible" in skip_reason(eight, cuda=True)
+    assert "accelerator is 'cuda' and no GPU is visible" in skip_reason(eight, cuda=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_JOB_NUM_NODES", raising=False)
     monkeypatch.delenv("SLURM_NNODES", raising=False)
     assert "salloc --nodes 2" in unavailable_reason(cfg(num_nodes=2), cuda=False)
-    assert "strategy dp needs GPUs" in gpu_only_reason(cfg(strategy="dp"), cuda=False)
-    assert "launch.backend nccl" in gpu_only_reason(load("params/05_ddp_fsdp/ddp.yaml", "smoke", {"launch.backend": "nccl"}))
-    if not torch.cuda.is_available():
-        assert gpu_only_reason(cfg(strategy="fsdp"), cuda=False) is None  # FSDP2 runs over gloo
+    assert "strategy dp needs GPUs" in skip_reason(cfg(strategy="dp"), cuda=False)
+    assert "launch.backend nccl" in skip_reason(load("params/05_ddp_fsdp/ddp.yaml", "smoke", {"launch.backend": "nccl"}))
+    assert skip_reason(cfg(strategy="fsdp"), cuda=False) is None  # FSDP2 runs over gloo
 
 
 def test_deepspeed_missing_is_skipped_with_the_install_command(tmp_path):

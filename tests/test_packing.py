@@ -7,6 +7,7 @@ from transformers import AutoModelForQuestionAnswering, BertConfig
 import labkit
 from labkit import results
 from labkit.data import packing
+from labkit.data.synthetic.squad import generate_squad
 from labkit.tasks.bert_squad import qa_loss
 from labkit.tasks import batch_size_of, real_tokens_of
 
@@ -123,26 +124,25 @@ def test_packed_training_run_counts_samples_and_real_tokens(tmp_path):
 
 
 def test_packed_with_dataparallel_is_refused():
-    from labkit import config
-    from labkit.tasks.bert_squad import batching
+    from labkit import config, preflight
 
     cfg = config.load("params/01_baseline_bert_squad/baseline.yaml", "smoke", {"data.padding": "packed"})
     cfg.train.strategy = "dp"
-    with pytest.raises(ValueError, match="DataParallel"):
-        batching(cfg, torch.tensor([3, 4]), "right")
+    with pytest.raises(config.ConfigError, match="DataParallel"):
+        preflight.check_settings(cfg)
 
 
 def test_squad_length_contexts_keep_questions_and_answers():
     """The generator's SQuAD-length option lengthens paragraphs only: same questions, answers still at their spans."""
     from labkit.data import squad
 
-    short, long = (squad.flatten_squad(squad.generate_squad(30, seed=2, context_length=c), c) for c in ("short", "squad"))
+    short, long = (squad.flatten_squad(generate_squad(30, seed=2, context_length=c), c) for c in ("short", "squad"))
     assert [e["question"] for e in short] == [e["question"] for e in long]
     for e in long:
         for text, start in zip(e["answers"]["text"], e["answers"]["answer_start"]):
             assert e["context"][start:start + len(text)] == text
     words = lambda examples: sum(len(e["context"].split()) for e in examples) / len(examples)  # noqa: E731
     assert words(long) > 2.5 * words(short)
-    assert squad.generate_squad(5, seed=2) == squad.generate_squad(5, seed=2, context_length="short")
+    assert generate_squad(5, seed=2) == generate_squad(5, seed=2, context_length="short")
     with pytest.raises(ValueError, match="context_length"):
-        squad.generate_squad(1, context_length="long")
+        generate_squad(1, context_length="long")

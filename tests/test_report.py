@@ -1,6 +1,7 @@
 """The course report: comparisons only within a device, unfinished runs never as numbers, sentences computed
 from the records, and HTML pages that a real browser (headless chromium) renders offline from the index."""
 import base64
+import copy
 import io
 import json
 import re
@@ -13,11 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output  # noqa: E402
 
 from labkit import report, results  # noqa: E402
 from labkit.config import Config  # noqa: E402
+from labkit.plots import tables  # noqa: E402
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
 
@@ -120,12 +123,25 @@ def png() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def executed(title: str) -> nbformat.NotebookNode:
-    """A notebook as papermill leaves it: markdown, code, a text output and an embedded plot."""
+TQDM = "cifar_resnext:  50%|#####     | 8/16 [00:01<00:01, 6.1step/s, epoch=1, loss=2.3]\r"
+WARNINGS = ("/x/torch/utils/data/dataloader.py:627: UserWarning: This DataLoader will create 8 worker processes in total. "
+            "Our suggested max number of worker in current system is 2.\n  warnings.warn(\n"
+            "/x/y.py:1: FutureWarning: `foo` is deprecated\n  warnings.warn(\n")
+UNKNOWN = "/x/z.py:3: UserWarning: gradient overflow in layer 7\n"
+WIDE = {f"measured figure number {i} (ms)": [1234.5678 * i, 0.0123456] for i in range(1, 25)}
+
+
+def executed(title: str, wide: bool = False) -> nbformat.NotebookNode:
+    """A notebook as papermill leaves it: maths, a progress bar and warnings on stderr, a table, a plot."""
     plot = new_output("display_data", data={"image/png": png(), "text/plain": "<Figure>"})
     text = new_output("stream", name="stdout", text=f"{title}: done\n")
-    return new_notebook(cells=[new_markdown_cell(f"# {title}"), new_code_cell("plot()", execution_count=1, outputs=[text, plot])],
-                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    noise = new_output("stream", name="stderr", text=TQDM + WARNINGS + UNKNOWN)
+    frame = pd.DataFrame(WIDE if wide else {"samples/s": [8765.4321, None], "device": ["CPU", "CPU"]}, index=["a", "b"])
+    table = new_output("execute_result", data={"text/html": tables.to_html(frame), "text/plain": "table"}, execution_count=2)
+    cells = [new_markdown_cell(f"# {title}\n\nThe trainable count is $r\\,(d + 3d)\\,L$, and `$HOME` is not maths."),
+             new_code_cell("plot()", execution_count=1, outputs=[text, noise, plot]),
+             new_code_cell("table()", execution_count=2, outputs=[table])]
+    return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
 
 
 @pytest.fixture
@@ -134,19 +150,24 @@ def built(tmp_path: Path) -> Path:
     records = course()[:2] + course()[6:7]
     for r in records:
         results.save(r, results.record_dir("gpu", r["run"]["notebook"], r["run"]["config"], runs))
-        nbformat.write(executed(r["run"]["config"]), runs / "gpu" / r["run"]["notebook"] / f"{r['run']['config']}.ipynb")
+        nbformat.write(executed(r["run"]["config"], wide=r["run"]["config"] == "bert_bf16"),
+                       runs / "gpu" / r["run"]["notebook"] / f"{r['run']['config']}.ipynb")
     (runs / "gpu" / "08_report").mkdir()
     nbformat.write(executed("report"), runs / "gpu" / "08_report" / "08_report.ipynb")  # reads records, has none
-    return report.build("gpu", runs, tmp_path / "reports")
+    return report.build("gpu", runs, tmp_path / "reports", rerun=False)
 
 
-def test_index_links_every_executed_notebook_with_its_environment(built):
+def test_index_links_every_executed_notebook_with_its_status_and_reason(built):
     index = built.read_text()
     hrefs = re.findall(r'<a href="([^"]+)"', index)
     assert sorted(hrefs) == ["03_mixed_precision/bert_bf16.html", "03_mixed_precision/bert_fp32.html",
                              "05_ddp_fsdp/ddp_8gpu.html", "08_report/08_report.html"]
     assert all((built.parent / h).is_file() for h in hrefs)
-    assert "4 executed notebooks (1 no record, 2 ok, 1 skipped)" in index and "550.54" in index  # the environments table
+    assert "4 executed notebooks (3 ok, 1 skipped)" in index
+    # the environment once, above the table, not on every row
+    assert index.count("driver 550.54") == 1 and index.count("torch 2.5.1") == 1
+    assert "train.devices is 8: it needs 8 GPUs per node and 2 are visible" in index  # the reason, in full
+    assert "samples/s 100 · val loss 2" in index  # a finished run's headline figures
     page = (built.parent / "03_mixed_precision" / "bert_fp32.html").read_text()
     stamp = re.search(r'<div class="labkit-environment"[^>]*>(.*?)</div>', page).group(1)
     assert H100 in stamp and "CUDA 12.4, driver 550.54" in stamp and "torch 2.5.1" in stamp and "status ok" in stamp
@@ -154,6 +175,42 @@ def test_index_links_every_executed_notebook_with_its_environment(built):
     for h in hrefs:  # offline: no script or stylesheet from the network; the plot is inside the page
         page = (built.parent / h).read_text()
         assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', page) and "data:image/png;base64," in page
+
+
+def test_pages_are_clean(built):
+    page = (built.parent / "03_mixed_precision" / "bert_fp32.html").read_text()
+    page = page[page.index("<main"):]  # what the reader sees (the template's stylesheet says "None" in a comment)
+    assert "<math" in page and "(d + 3d)" not in page and "$HOME" in page  # maths as MathML; code spans left alone
+    assert "it/s" not in page and "8/16 [" not in page  # no progress bar
+    assert "DataLoader will create" not in page and "FutureWarning" not in page and "warnings.warn" not in page
+    assert "gradient overflow in layer 7" in page  # a warning the kit does not know stays
+    assert "8,765" in page and "NaN" not in page and "None" not in page and "—" in page
+    assert "device: CPU" in page  # a table's one device is named once, in its caption
+
+
+def test_numbers_read_at_three_significant_figures():
+    assert [tables.number(v) for v in (0.0123456, 1.23456, 12.3456, 123.456, 8765.4, 613376.0, 2.0, float("nan"), None)] == \
+        ["0.0123", "1.23", "12.3", "123", "8,765", "613,376", "2", "—", "—"]
+    text, caption = tables.tidy(pd.DataFrame({"device": ["x", "x"], "precision": ["16-mixed", "tf32"], "n": [1, None]}))
+    assert caption == "device: x" and list(text["precision"]) == ["fp16", "tf32"] and list(text["n"]) == ["1", "—"]
+    text, caption = tables.tidy(pd.DataFrame({"device": ["x", "y"]}))
+    assert caption == "" and list(text["device"]) == ["x", "y"]  # two devices: the column stays
+
+
+def test_comparison_sections_show_every_record_whatever_the_run_order(tmp_path):
+    """A lab's first configuration ran before the second existed; its page still shows both."""
+    runs = tmp_path / "runs"
+    cell = new_code_cell('print("configurations:", [r["run"]["config"] for r in results.records(profile, "03_mixed_precision", runs_dir)])',
+                         execution_count=1, metadata={"tags": ["comparison"]},
+                         outputs=[new_output("stream", name="stdout", text="configurations: ['bert_fp32']\n")])
+    for r in course()[:2]:
+        results.save(r, results.record_dir("gpu", r["run"]["notebook"], r["run"]["config"], runs))
+        nb = new_notebook(cells=[copy.deepcopy(cell)], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        nbformat.write(nb, runs / "gpu" / r["run"]["notebook"] / f"{r['run']['config']}.ipynb")
+    report.build("gpu", runs, tmp_path / "reports", rerun=True)
+    for config in ("bert_fp32", "bert_bf16"):
+        page = (tmp_path / "reports" / "03_mixed_precision" / f"{config}.html").read_text()
+        assert "configurations: [&#x27;bert_bf16&#x27;, &#x27;bert_fp32&#x27;]" in page, config
 
 
 HARNESS = """<!doctype html><html><body><pre id="out">pending</pre><script>

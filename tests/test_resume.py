@@ -37,15 +37,19 @@ def save(status):
 
 save("running")
 time.sleep(float(os.environ.get("FAKE_SLEEP_" + name, "0")))
+if os.environ.get("FAKE_ERROR_" + name):
+    raise ValueError(os.environ["FAKE_ERROR_" + name])
 save("ok")"""
+LINGER = """time.sleep(float(os.environ.get("FAKE_LINGER_" + name, "0")))  # cells after the record's 'ok'"""
 
 
 @pytest.fixture
 def kit(tmp_path: Path, monkeypatch) -> Path:
-    """A kit of one notebook with two configurations, a (quick) and c (waits FAKE_SLEEP_c seconds)."""
+    """A kit of one notebook with two configurations, a (quick) and c (waits FAKE_SLEEP_c seconds before its record
+    says ok, FAKE_LINGER_c seconds after); FAKE_ERROR_<config> makes one fail with that message."""
     (tmp_path / "notebooks").mkdir()
     nb = new_notebook(cells=[new_code_cell('config = ""\nprofile = "smoke"\nruns_dir = None', metadata={"tags": ["parameters"]}),
-                             new_code_cell(CELL)],
+                             new_code_cell(CELL), new_code_cell(LINGER)],
                       metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nbformat.write(nb, tmp_path / "notebooks" / f"{NOTEBOOK}.ipynb")
     (tmp_path / "params" / NOTEBOOK).mkdir(parents=True)
@@ -65,12 +69,22 @@ def record_of(kit: Path, name: str) -> Path:
     return kit / "runs" / "smoke" / NOTEBOOK / name / "result.json"
 
 
-def wait_until_c_runs(kit: Path, alive, after: int = 0) -> None:
-    """Until c's record says running, written after ``after`` (mtime_ns): by the kernel of the run-all just started."""
+def start_run_all(kit: Path, **env: str) -> subprocess.Popen:
+    """A run-all of the kit in a process of its own, as `make run-all` starts it."""
+    code = ("import sys; from pathlib import Path; from labkit.launch import runall; kit = Path(sys.argv[1]); "
+            "runall.ROOT, runall.NOTEBOOKS, runall.PARAMS = kit, kit / 'notebooks', kit / 'params'; "
+            "sys.exit(runall.main(sys.argv[2:]))")
+    return subprocess.Popen([sys.executable, "-c", code, str(kit), "--profile", "smoke", "--runs-dir", str(kit / "runs")],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_until_c_runs(kit: Path, alive, after: int = 0, status: str = "running") -> None:
+    """Until c's record says ``status``, written after ``after`` (mtime_ns): by the kernel of the run-all just started."""
     deadline = time.monotonic() + 240
     while True:
         path = record_of(kit, "c")
-        if path.is_file() and json.loads(path.read_text())["status"] == "running" and path.stat().st_mtime_ns > after:
+        if path.is_file() and json.loads(path.read_text())["status"] == status and path.stat().st_mtime_ns > after:
             return
         assert alive(), "the run-all ended before c started"
         assert time.monotonic() < deadline, "configuration c never started"
@@ -78,12 +92,7 @@ def wait_until_c_runs(kit: Path, alive, after: int = 0) -> None:
 
 
 def test_resume_after_sigkill_and_a_run_all_beside_another(kit, capsys):
-    code = ("import sys; from pathlib import Path; from labkit import runall; kit = Path(sys.argv[1]); "
-            "runall.ROOT, runall.NOTEBOOKS, runall.PARAMS = kit, kit / 'notebooks', kit / 'params'; "
-            "sys.exit(runall.main(sys.argv[2:]))")
-    first = subprocess.Popen([sys.executable, "-c", code, str(kit), "--profile", "smoke", "--runs-dir", str(kit / "runs")],
-                             env={**os.environ, "FAKE_SLEEP_c": "600"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    first = start_run_all(kit, FAKE_SLEEP_c="600")
     try:
         wait_until_c_runs(kit, lambda: first.poll() is None)  # a finished; c is mid-run
         done = record_of(kit, "a").read_bytes()
@@ -129,3 +138,24 @@ def test_sigterm_stops_a_run_all_as_ctrl_c_does(kit, monkeypatch, capsys):
     assert "[1/2]" not in out.out and "[2/2] 01_fake/c" in out.out  # a was done: not run again
     assert signal.getsignal(signal.SIGTERM) == handler  # main() gives the handler back
     assert results.read(record_of(kit, "a").parent)["status"] == "ok"
+
+
+def test_a_notebook_killed_after_its_record_said_ok_is_run_again(kit, capsys):
+    """SIGKILL after c's record says ok but before papermill has run the cells after it: the record alone does not
+    make c finished; its notebook must have been executed to the end."""
+    first = start_run_all(kit, FAKE_LINGER_c="600")
+    try:
+        wait_until_c_runs(kit, lambda: first.poll() is None, status="ok")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert not runall.executed_to_the_end(kit / "runs" / "smoke" / NOTEBOOK / "c.ipynb")
+    assert main(kit) == 0
+    out = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[1:] for line in out.out.splitlines() if line.startswith("01_fake/")}
+    assert rows["01_fake/a"][:3] == ["done", "earlier", "ok"]
+    assert rows["01_fake/c"][0] != "done" and rows["01_fake/c"][1] == "ok"  # run again, to the end this time
+    assert "c.ipynb was not executed to the end" in out.err
+    assert runall.executed_to_the_end(kit / "runs" / "smoke" / NOTEBOOK / "c.ipynb")

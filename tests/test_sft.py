@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from labkit.tasks import gpt2_sft
-from labkit.config import Config
+from labkit.config import Config, ConfigError
+from labkit.data.synthetic import sft
 from labkit.models import gpt2
 from labkit.data.tokenizers import train_bpe
+from labkit.preflight import check_settings
 
 
 def config(**data) -> Config:
@@ -19,7 +21,7 @@ def config(**data) -> Config:
 
 @pytest.fixture(scope="module")
 def pairs() -> list[dict]:
-    return gpt2_sft.generate_pairs(24, seed=0)
+    return sft.generate_pairs(24, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,8 @@ def tokenizer(pairs):
 
 
 def test_embedded_pairs_are_deterministic_and_follow_their_rules(pairs):
-    assert pairs == gpt2_sft.generate_pairs(24, seed=0) and pairs != gpt2_sft.generate_pairs(24, seed=1)
-    assert len({p["prompt"].split(" ")[0] for p in pairs[: len(gpt2_sft.KINDS)]}) == len(gpt2_sft.KINDS)  # kinds in turn
+    assert pairs == sft.generate_pairs(24, seed=0) and pairs != sft.generate_pairs(24, seed=1)
+    assert len({p["prompt"].split(" ")[0] for p in pairs[: len(sft.KINDS)]}) == len(sft.KINDS)  # kinds in turn
     for p in pairs:
         if p["prompt"].startswith("Reverse the list: "):
             assert p["response"].split(", ") == p["prompt"].removeprefix("Reverse the list: ").split(", ")[::-1]
@@ -116,7 +118,7 @@ def test_hub_source_uses_its_test_split_and_columns(monkeypatch):
             "chosen": [""] * 30}
     splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows), "test": datasets.Dataset.from_dict(rows)})
     asked = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, conf: asked.append(name) or splits)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, conf, split=None: asked.append(name) or splits)
     train, test = gpt2_sft.load_splits(config(source="hub", train_examples=10, val_examples=4))
     assert asked == [gpt2_sft.HUB_DATASET] and len(train) == 10 and len(test) == 4
     assert train[3] == {"prompt": rows["prompt"][3], "response": rows["response"][3]}
@@ -124,7 +126,7 @@ def test_hub_source_uses_its_test_split_and_columns(monkeypatch):
         gpt2_sft.load_splits(config(source="hub", hub_name="someone/else", prompt_field="question"))
 
 
-    def offline(name, conf):
+    def offline(name, conf, split=None):
         raise ConnectionError("no internet")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
@@ -144,11 +146,23 @@ def test_task_evaluates_test_loss_perplexity_and_generations():
     task = gpt2_sft.build_task(cfg)
     assert task.info["weights"] == "random" and task.info["train_examples"] == 60 and task.info["val_examples"] == 12
     task.model.eval()
-    metrics = task.evaluate(task.model)
+    metrics = task.evaluate(task.model, 8, None)
     assert metrics["test_perplexity"] == pytest.approx(math.exp(metrics["test_loss"]))
     assert abs(metrics["test_loss"] - math.log(len(task.model.get_input_embeddings().weight))) < 1.0  # untrained
     generations = task.info["generations"]
     assert len(generations) == gpt2_sft.GENERATIONS and generations[0]["prompt"].startswith("Reverse the list")
     assert {"prompt", "reference", "generated"} == set(generations[0])
-    with pytest.raises(ValueError, match="packed"):
-        gpt2_sft.build_task(config(padding="packed"))
+    with pytest.raises(ConfigError, match="packed' is not supported by gpt2_sft"):
+        check_settings(config(padding="packed"))
+
+
+def test_one_hold_out_rule_keeps_groups_whole():
+    from labkit.data.sources import hold_out
+
+    rows = [{"title": f"t{i // 3}", "n": i} for i in range(30)]  # ten groups of three
+    train, val = hold_out(rows, "title")
+    assert [r["n"] for r in val] == [27, 28, 29] and len(train) == 27  # the last tenth of the groups, whole
+    assert hold_out(rows, "title", 4)[1][0]["title"] == "t6"
+    assert hold_out(rows[:3], "title") == (rows[:3], rows[:3])  # one group: nothing to hold out
+    with pytest.raises(ValueError, match="10 distinct titles cannot spare 10.*data.val_examples"):
+        hold_out(rows, "title", 10)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from labkit.data import squad
+from labkit.data.synthetic.squad import generate_squad
 from labkit.data.tokenizers import train_wordpiece
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/data" / "squad-v2-sample.json"
@@ -166,9 +167,9 @@ def test_read_squad_json_not_squad(tmp_path, content):
 
 def test_load_examples_local_and_limit(tmp_path):
     path = tmp_path / "dev.json"
-    path.write_text(json.dumps(squad.generate_squad(4, seed=3)))
+    path.write_text(json.dumps(generate_squad(4, seed=3)))
     examples = squad.load_examples("local", "validation", path=str(path))
-    assert examples == squad.flatten_squad(squad.generate_squad(4, seed=3), "x")
+    assert examples == squad.flatten_squad(generate_squad(4, seed=3), "x")
     assert squad.load_examples("local", "train", path=str(path), limit=5) == examples[:5]
     with pytest.raises(ValueError, match="source"):
         squad.load_examples("web", "train")
@@ -188,11 +189,11 @@ def test_load_examples_embedded_splits():
 def test_load_examples_hub(monkeypatch):
     import datasets
 
-    rows = squad.flatten_squad(squad.generate_squad(2), "x")
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: datasets.Dataset.from_list(rows))
+    rows = squad.flatten_squad(generate_squad(2), "x")
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None, split=None: datasets.Dataset.from_list(rows))
     assert squad.load_examples("hub", "train", limit=3) == rows[:3]
 
-    def offline(name, split):
+    def offline(name, config=None, split=None):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
@@ -206,7 +207,7 @@ def test_load_examples_hub(monkeypatch):
 
 def test_generated_data_is_consistent():
     start = time.perf_counter()
-    data = squad.generate_squad(180, seed=0)
+    data = generate_squad(180, seed=0)
     assert time.perf_counter() - start < 2.0
     examples = squad.flatten_squad(data, "generated")
     assert len(examples) >= 2000
@@ -228,13 +229,13 @@ def test_generated_data_is_consistent():
 
 
 def test_generated_data_is_deterministic():
-    assert json.dumps(squad.generate_squad(20, seed=7)) == json.dumps(squad.generate_squad(20, seed=7))
-    assert squad.generate_squad(20, seed=7) != squad.generate_squad(20, seed=8)
-    assert squad.generate_squad(30, seed=7)["data"][:20] == squad.generate_squad(20, seed=7)["data"]
+    assert json.dumps(generate_squad(20, seed=7)) == json.dumps(generate_squad(20, seed=7))
+    assert generate_squad(20, seed=7) != generate_squad(20, seed=8)
+    assert generate_squad(30, seed=7)["data"][:20] == generate_squad(20, seed=7)["data"]
 
 
 def test_read_squad_json_reads_generated_file(tmp_path):
-    data = squad.generate_squad(3, seed=1)
+    data = generate_squad(3, seed=1)
     (tmp_path / "g.json").write_text(json.dumps(data))
     assert squad.read_squad_json(tmp_path / "g.json") == squad.flatten_squad(data, "g")
 
@@ -369,3 +370,19 @@ def test_postprocess_matches_reference_loops(qa_data):
         ours = squad.postprocess_predictions(examples, evalf, starts, ends, **kwargs)
         assert ours == reference_postprocess(examples, evalf, starts, ends, **kwargs)
         assert 0 < sum(p == "" for p in ours.values()) < len(ours)
+
+
+def test_answers_that_miss_their_text_are_counted_and_many_refuse_the_file(tmp_path):
+    data = generate_squad(num_articles=4, seed=3)
+    answers = [a for art in data["data"] for par in art["paragraphs"] for qa in par["qas"] for a in qa["answers"]]
+    path = tmp_path / "train-v2.0.json"
+    answers[0]["answer_start"] += 1  # one answer off by a character: counted and warned about, still read
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(path))}: 1 of {len(answers)} answers are not at their answer_start"):
+        examples = squad.load_examples("local", "train", path=str(path))
+    assert squad.misplaced_answers(examples) == 1
+    for a in answers[: len(answers) // 4]:  # a quarter point past their context: a file built wrongly
+        a["answer_start"] = 10_000
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: {len(answers) // 4} of {len(answers)} answers are not at"):
+        squad.load_examples("local", "train", path=str(path))

@@ -11,10 +11,12 @@ from lightning.fabric import Fabric
 
 from labkit import measure
 from labkit.data import squad
+from labkit.data.synthetic.bioqa import generate_bioqa
+from labkit.data.synthetic.gsm8k import generate_gsm8k
 from labkit.tasks import t5_qa
-from labkit.config import Config, ModelConfig
+from labkit.config import Config, ConfigError, ModelConfig
 from labkit.models import t5
-from labkit.preflight import gpu_only_reason
+from labkit.preflight import check_settings, skip_reason
 
 
 def t5_config(**sections) -> Config:
@@ -63,8 +65,8 @@ def test_gsm8k_reader_names_the_bad_line(tmp_path):
 
 
 def test_generated_gsm8k_is_in_the_original_format_and_its_arithmetic_is_right():
-    problems = t5_qa.generate_gsm8k(300, seed=0)
-    assert problems == t5_qa.generate_gsm8k(300, seed=0) and problems != t5_qa.generate_gsm8k(300, seed=1)
+    problems = generate_gsm8k(300, seed=0)
+    assert problems == generate_gsm8k(300, seed=0) and problems != generate_gsm8k(300, seed=1)
     finals = [t5_qa.final_answer(p["answer"]) for p in problems]
     assert all(f is not None for f in finals)
     assert any(f.startswith("-") for f in finals) and any("," in p["answer"].split("####")[1] for p in problems)
@@ -77,12 +79,12 @@ def test_generated_gsm8k_is_in_the_original_format_and_its_arithmetic_is_right()
 
 
 def test_generated_bioqa_is_squad_format_with_exact_spans():
-    examples = squad.flatten_squad(t5_qa.generate_bioqa(40, seed=0), "embedded")
+    examples = squad.flatten_squad(generate_bioqa(40, seed=0), "embedded")
     assert len(examples) >= 80 and len({e["id"] for e in examples}) == len(examples)
     for e in examples:
         (text,), (start,) = e["answers"]["text"], e["answers"]["answer_start"]
         assert e["context"][start: start + len(text)] == text
-    val = squad.flatten_squad(t5_qa.generate_bioqa(10, seed=1), "embedded")
+    val = squad.flatten_squad(generate_bioqa(10, seed=1), "embedded")
     assert not {e["context"] for e in val} & {e["context"] for e in examples}
 
 
@@ -100,7 +102,7 @@ def test_text_to_text_formatting():
 def test_collate_tokenises_sources_and_targets_with_their_own_lengths():
     from labkit.data.tokenizers import train_unigram
 
-    pairs = t5_qa.text_pairs("gsm8k", t5_qa.generate_gsm8k(64, seed=0))
+    pairs = t5_qa.text_pairs("gsm8k", generate_gsm8k(64, seed=0))
     tokenizer = train_unigram([text for pair in pairs for text in pair], vocab_size=400)
     batch = t5_qa.TextToText(tokenizer, max_length=24, target_length=40, padding="max_length")(pairs[:4])
     assert batch["input_ids"].shape == (4, 24) and batch["labels"].shape == (4, 40)
@@ -111,8 +113,6 @@ def test_collate_tokenises_sources_and_targets_with_their_own_lengths():
     assert tokenizer.decode(labels[labels != -100], skip_special_tokens=True).replace(" ", "") == "####4"
     dynamic = t5_qa.TextToText(tokenizer, 512, 512, "dynamic")(pairs[:3])
     assert dynamic["input_ids"].shape[1] < 512 and dynamic["attention_mask"][:, -1].any()
-    with pytest.raises(ValueError, match="data.padding 'packed'"):
-        t5_qa.TextToText(tokenizer, 8, 8, "packed")
 
 
 # ----------------------------------------------------------------------------- loading and scoring
@@ -120,12 +120,12 @@ def test_collate_tokenises_sources_and_targets_with_their_own_lengths():
 
 def test_local_files_in_the_original_formats(tmp_path):
     gsm = tmp_path / "gsm8k.jsonl"
-    gsm.write_text("\n".join(json.dumps(p) for p in t5_qa.generate_gsm8k(40, seed=3)))
+    gsm.write_text("\n".join(json.dumps(p) for p in generate_gsm8k(40, seed=3)))
     train, val = t5_qa.load_gsm8k(t5_config(data={"source": "local", "path": str(gsm), "train_examples": None,
                                                  "val_examples": None}))
     assert len(train) == 36 and len(val) == 4 and not {p["question"] for p in val} & {p["question"] for p in train}
     bio = tmp_path / "BioASQ-train-factoid.json"
-    bio.write_text(json.dumps(t5_qa.generate_bioqa(20, seed=3)))
+    bio.write_text(json.dumps(generate_bioqa(20, seed=3)))
     train, val = t5_qa.load_bioqa(t5_config(data={"dataset": "bioqa", "source": "local", "path": str(bio),
                                                  "train_examples": None, "val_examples": None}))
     assert train and val and not {e["question"] for e in val} & {e["question"] for e in train}
@@ -142,11 +142,13 @@ def test_score_gsm8k_by_exact_numeric_match_and_qa_by_squad_em_f1():
     assert scores["accuracy"] == scores["exact"] == 50.0 and 50.0 < scores["f1"] < 100.0
 
 
-def test_build_task_errors_name_the_key():
-    with pytest.raises(ValueError, match="data.dataset: gsm8k or bioqa"):
-        t5_qa.build_task(t5_config(data={"dataset": None}))
-    with pytest.raises(ValueError, match="model.split_devices .* train.devices"):
-        t5_qa.build_task(t5_config(model={"split_devices": 2}, train={"devices": 2, "strategy": "ddp"}))
+def test_impossible_settings_are_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="t5.yaml: 1 problem.*data.dataset gsm8k or bioqa"):
+        check_settings(t5_config(data={"dataset": None}), "t5.yaml")
+    with pytest.raises(ConfigError, match="model.split_devices .* train.devices"):
+        check_settings(t5_config(model={"split_devices": 2}, train={"devices": 2, "strategy": "ddp"}))
+    with pytest.raises(ConfigError, match="data.padding 'packed' is not supported by t5_qa"):
+        check_settings(t5_config(data={"padding": "packed"}))
     with pytest.raises(ValueError, match="not a T5 preset"):
         t5.build(ModelConfig(preset="huge"), 100)
 
@@ -161,7 +163,7 @@ def test_task_trains_and_evaluates_on_the_cpu():
     fabric = Fabric(accelerator="cpu", devices=1)
     wrapped = fabric.setup_module(task.model)
     assert t5_qa.t5_of(wrapped) is task.model  # evaluate() generates with the bare model, never through wrappers
-    metrics = task.evaluate(wrapped)
+    metrics = task.evaluate(wrapped, 8, None)
     assert {"accuracy", "answered", "act_absmax", "act_over_fp16"} <= metrics.keys()
     assert 0 < metrics["act_absmax"] < torch.finfo(torch.float16).max and metrics["act_over_fp16"] == 0
 
@@ -243,12 +245,12 @@ def test_layer_split_with_activation_checkpointing_trains():
 
 def test_split_configurations_are_skipped_without_enough_gpus(monkeypatch):
     cfg = t5_config(model={"split_devices": 2})
-    assert "needs GPUs" in gpu_only_reason(cfg)
+    assert "needs GPUs" in skip_reason(cfg, cuda=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert gpu_only_reason(cfg, cuda=True) == ("model.split_devices is 2: the layer-split model needs that many GPUs "
-                                               "and 1 are visible")
+    assert skip_reason(cfg, cuda=True) == ("model.split_devices is 2: the layer-split model needs that many GPUs "
+                                           "and 1 are visible")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert gpu_only_reason(cfg, cuda=True) is None
+    assert skip_reason(cfg, cuda=True) is None
 
 
 def _fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
@@ -269,10 +271,10 @@ def _fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
         torch.manual_seed(0)
         task = t5_qa.build_task(t5_config(data={"val_examples": 4, "target_length": 6}))
         task.model.eval()
-        whole = task.evaluate(task.model)
+        whole = task.evaluate(task.model, 8, None)
         model = shard_blocks(task.model, init_device_mesh("cpu", (world,)), "32")
         task.loss(model, task.collate_fn(task.train_set[:2])).backward()  # the root's forward runs first, as in training
-        sharded = task.evaluate(model)
+        sharded = task.evaluate(model, 8, None)
         Path(out, f"{rank}.json").write_text(json.dumps({"whole": whole, "sharded": sharded, "texts": seen}))
     finally:
         dist.destroy_process_group()

@@ -4,6 +4,7 @@ import pytest
 from transformers import AutoTokenizer, BertTokenizerFast, GPT2TokenizerFast, T5TokenizerFast
 
 from labkit.data import squad
+from labkit.data.synthetic.squad import generate_squad
 from labkit.data.tokenizers import train_bpe, train_unigram, train_wordpiece
 
 TRAINERS = [train_wordpiece, train_bpe, train_unigram]
@@ -12,7 +13,7 @@ SENTENCE = "The city of Varnholt was founded in 1312 by Edda Morrow, a former  b
 
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
-    examples = squad.flatten_squad(squad.generate_squad(60, seed=5), "generated")
+    examples = squad.flatten_squad(generate_squad(60, seed=5), "generated")
     return list(dict.fromkeys(e["context"] for e in examples)) + [e["question"] for e in examples]
 
 
@@ -125,7 +126,7 @@ def test_save_and_reload(tokenizers, name, tmp_path):
 
 
 def test_fast_on_a_megabyte():
-    examples = squad.flatten_squad(squad.generate_squad(900, seed=11), "generated")
+    examples = squad.flatten_squad(generate_squad(900, seed=11), "generated")
     texts = [e["context"] + " " + e["question"] for e in examples]
     assert sum(map(len, texts)) > 1_000_000
     for train in TRAINERS:

@@ -1,4 +1,7 @@
 """The one training loop, on a small classification task built right here (no lab's data needed)."""
+import gzip
+import json
+
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -22,7 +25,7 @@ def make(**train) -> tuple[Config, Task]:
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
     seen = []
     task = Task(model=model, train_set=blobs(512, 0), val_set=blobs(128, 1),
-                evaluate=lambda m: seen.append(1) or {"accuracy": 1.0})
+                evaluate=lambda m, batch_size, limit: seen.append(1) or {"accuracy": 1.0})
     return cfg, task
 
 
@@ -38,12 +41,17 @@ def test_fit_learns_and_measures():
     assert s["params_trainable"] == s["params_total"] == 16 * 32 + 32 + 32 * 4 + 4
 
 
-def test_profiled_steps_name_the_operators_that_took_the_time():
+def test_profiled_steps_name_the_operators_that_took_the_time(tmp_path):
     cfg, task = make()
     cfg.measure.profile_steps = 3
-    out = fit(cfg, task, make_fabric(cfg))
+    out = fit(cfg, task, make_fabric(cfg), trace=tmp_path / "trace.json.gz")
     ops = out["curves"]["top_ops"]
     assert out["summary"]["profiled_steps"] == 3
+    # the last three steps, after the steady state: its median leaves them out
+    assert out["summary"]["steps"] - 3 > cfg.measure.warmup_steps
+    with gzip.open(tmp_path / "trace.json.gz", "rt") as f:  # a Chrome trace of the profiled steps
+        events = json.load(f)["traceEvents"]
+    assert any(e.get("name") == "aten::addmm" for e in events)
     assert any(o["op"] == "aten::addmm" and o["calls_per_step"] >= 2 for o in ops)  # two Linear layers' forward
     assert ops == sorted(ops, key=lambda o: (o["device_ms_per_step"], o["cpu_ms_per_step"]), reverse=True)  # no device here: host time orders them
 

@@ -13,13 +13,18 @@ same texts always give the same vocabulary and ids.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertTokenizerFast, GPT2TokenizerFast, T5TokenizerFast
+from transformers import BertTokenizerFast, GPT2TokenizerFast, RobertaTokenizerFast, T5TokenizerFast
+
+from labkit.config import ModelConfig
 
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 EOS = "<|endoftext|>"
+ROBERTA_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 T5_SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 T5_EXTRA_IDS = 100  # <extra_id_0..99> sentinels, as T5 has, for span-corruption objectives
 
@@ -98,3 +103,41 @@ def _canonical_pieces(pieces: list[list]) -> list[list]:
     scores = {piece: round(score, 8) for piece, score in pieces}
     scores |= {piece: round(low + 1e-4 * k, 8) for k, piece in enumerate(rare)}
     return sorted(([piece, score] for piece, score in scores.items()), key=lambda ps: (-ps[1], ps[0]))
+
+
+def train_roberta_bpe(texts: Iterable[str], vocab_size: int = 8000) -> RobertaTokenizerFast:
+    """RoBERTa-style byte-level BPE: <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4, `<s> A </s>`, as
+    roberta-base numbers them, so `<s>` (the scorer's sentence embedding) is always the first token."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    spec = json.loads(tok.to_str())["model"]
+    # RobertaTokenizerFast rebuilds the byte-level pipeline and the `<s> A </s>` template from these two.
+    return RobertaTokenizerFast(vocab=spec["vocab"], merges=[tuple(m) for m in spec["merges"]])
+
+
+OFFLINE = {"wordpiece": train_wordpiece, "bpe": train_bpe, "unigram": train_unigram, "roberta_bpe": train_roberta_bpe}
+TINY_VOCAB = 8000  # the tiny presets' offline vocabulary: quick to train, enough for the generated data
+
+
+def load_tokenizer(model: ModelConfig, texts: list[str], offline: str, vocab_size: int, hub_id: str | None) -> Any:
+    """The tokenizer a task's model reads. Pretrained weights (model.weights hub or local) come with their own:
+    from model.path, model.hub_name or ``hub_id`` (the preset's). Random weights get an ``offline`` vocabulary
+    (a key of OFFLINE) trained on ``texts``: TINY_VOCAB entries for the tiny preset, else ``vocab_size``, the
+    real model's, so embedding and output layers have their real size."""
+    # The fast tokenizer's thread pool and the loader's forked workers do not mix: one thread per worker.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if model.weights == "random":
+        return OFFLINE[offline](texts, vocab_size=TINY_VOCAB if model.preset == "tiny" else vocab_size)
+    from transformers import AutoTokenizer
+
+    source = model.path if model.weights == "local" else (model.hub_name or hub_id)
+    if source is None:
+        raise ValueError(f"model.preset '{model.preset}' has no pretrained tokenizer on the hub: set model.hub_name, "
+                         "or model.weights: random")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:  # GPT-2 has none; padding is masked out of the loss anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -3,17 +3,19 @@
     python -m labkit.launch.runall --profile smoke [--force] [--only 01 03] [--config ddp fsdp] [--runs-dir runs]
 
 Executed notebooks land in runs/<profile>/<notebook>/<config>.ipynb beside their results records.
-A configuration whose record says it finished (ok, oom, skipped) is not run again unless --force,
-so an interrupted run-all (Ctrl-C, SIGTERM from a preempted SLURM job, a kill) continues where it
-stopped; a failed configuration does not stop the others, and the summary at the end lists each
-with its error's first line. Each configuration is locked while it runs, so run-alls started side by
-side (SLURM array tasks, two terminals) share the work instead of running one configuration twice.
+A configuration is finished when its record says so (ok, oom, skipped) and its notebook was executed to
+the end; a finished configuration is not run again unless --force, so an interrupted run-all (Ctrl-C,
+SIGTERM from a preempted SLURM job, a kill) continues where it stopped. A failed configuration, or one
+whose record or notebook is damaged, does not stop the others; the summary at the end lists each with
+its whole error. Each configuration is locked while it runs, so run-alls started side by side (SLURM
+array tasks, two terminals) share the work instead of running one configuration twice.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import results
-from labkit.config import ROOT
+from labkit.config import ROOT, ConfigError, profile_path
 
 NOTEBOOKS = ROOT / "notebooks"
 PARAMS = ROOT / "params"
@@ -87,6 +89,35 @@ def claim(lock: Path) -> Iterator[str | None]:
         os.close(fd)  # closing the last descriptor releases the lock
 
 
+def executed_to_the_end(notebook: Path) -> bool:
+    """Whether papermill finished executing ``notebook`` with every cell run: a run-all killed mid-notebook leaves
+    cells 'pending' and no end time, and a disk that filled mid-write leaves a file that is not JSON."""
+    try:
+        executed = json.loads(notebook.read_bytes())
+        meta, cells = executed["metadata"]["papermill"], executed["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(meta.get("end_time")) and not meta.get("exception") and \
+        all(c.get("metadata", {}).get("papermill", {}).get("status") == "completed" for c in cells)
+
+
+def finished(job: Job, runs_dir: Path, profile: str) -> tuple[str | None, str]:
+    """(the finished record's status, '') or (None, why it is not finished: '' when it never ran)."""
+    out = job.output(runs_dir, profile)
+    if not out.exists():
+        return None, ""
+    if not executed_to_the_end(out):
+        return None, f"{out} was not executed to the end; running it again"
+    if not job.params_file:
+        return None, ""  # a notebook without a record (the report) reads the others' records: run it each time
+    try:
+        record = results.read(out.with_suffix(""), strict=True)
+    except results.DamagedRecord as err:
+        return None, f"{err}"
+    status = (record or {}).get("status")
+    return (status, "") if status in FINISHED else (None, "")
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (scancel, a preempted SLURM job): stop as Ctrl-C does
 
@@ -103,8 +134,11 @@ def run_job(job: Job, profile: str, runs_dir: Path) -> tuple[str, str]:
         papermill.execute_notebook(str(job.notebook), str(out), parameters=parameters, cwd=str(NOTEBOOKS),
                                    kernel_name="python3", progress_bar=False, log_output=True)
     except papermill.PapermillExecutionError as err:
-        return "failed", f"{err.ename}: {str(err.evalue).splitlines()[0] if err.evalue else ''}"
-    record = results.read(out.parent / job.config) if job.params_file else None
+        return "failed", f"{err.ename}: {err.evalue}"  # whole: a ConfigError's key and allowed values are on its later lines
+    try:
+        record = results.read(out.parent / job.config, strict=True) if job.params_file else None
+    except results.DamagedRecord as err:
+        return "failed", str(err)
     return (record["status"], record.get("error") or "") if record else ("ok", "")
 
 
@@ -116,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", nargs="*", help="configurations (params file names), e.g. ddp fsdp")
     parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
     args = parser.parse_args(argv)
+    try:  # before any work: a misspelt profile must not start nine notebooks, a path must not write outside runs/
+        profile_path(args.profile)
+    except ConfigError as err:
+        parser.error(str(err))
     runs_dir = Path(args.runs_dir).resolve()
     os.environ["LABKIT_HEADLESS"] = "1"  # the kernels inherit it: plain progress lines in the logs
     jobs = plan(args.only, args.config)
@@ -125,22 +163,31 @@ def main(argv: list[str] | None = None) -> int:
         for i, job in enumerate(jobs, 1):
             name = f"{job.notebook.stem}/{job.config}"
             out = job.output(runs_dir, args.profile)
-            with claim(out.with_name(f".{job.config}.lock")) as holder:
-                if holder:
-                    rows.append((name, "-", "busy", f"running elsewhere ({holder}); not started here"))
-                    continue
-                # read under the lock: a run-all beside this one may have just finished it
-                record = results.read(out.with_suffix("")) if job.params_file else None
-                if record and record.get("status") in FINISHED and out.exists() and not args.force:
-                    rows.append((name, "done earlier", record["status"], ""))
-                    continue
-                print(f"[{i}/{len(jobs)}] {name} (profile {args.profile})", flush=True)
-                start = time.perf_counter()
-                try:
-                    status, message = run_job(job, args.profile, runs_dir)
-                except Exception as err:  # a broken notebook file, a kernel that died: record and go on
-                    status, message = "failed", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                rows.append((name, f"{time.perf_counter() - start:.0f}s", status, message))
+            status, why = finished(job, runs_dir, args.profile)
+            if status and not args.force:  # finished is final: no lock needed to see it (a read-only runs dir)
+                rows.append((name, "done earlier", status, ""))
+                continue
+            if why:
+                print(f"{name}: {why}", file=sys.stderr, flush=True)
+            try:
+                with claim(out.with_name(f".{job.config}.lock")) as holder:
+                    if holder:
+                        rows.append((name, "-", "busy", f"running elsewhere ({holder}); not started here"))
+                        continue
+                    # again under the lock: a run-all beside this one may have just finished it
+                    status, _ = finished(job, runs_dir, args.profile)
+                    if status and not args.force:
+                        rows.append((name, "done earlier", status, ""))
+                        continue
+                    print(f"[{i}/{len(jobs)}] {name} (profile {args.profile})", flush=True)
+                    start = time.perf_counter()
+                    try:
+                        status, message = run_job(job, args.profile, runs_dir)
+                    except Exception as err:  # a broken notebook file, a kernel that died: record and go on
+                        status, message = "failed", f"{type(err).__name__}: {err}"
+                    rows.append((name, f"{time.perf_counter() - start:.0f}s", status, message))
+            except OSError as err:  # a read-only or full runs dir: this configuration cannot run, the others may
+                rows.append((name, "-", "failed", f"cannot write its results: {err}"))
     except KeyboardInterrupt:
         print("\ninterrupted: finished configurations are kept; run again to continue", file=sys.stderr)
         return 130
@@ -149,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     width = max((len(r[0]) for r in rows), default=10)
     print(f"\n{'configuration':<{width}}  {'time':>12}  {'status':<8}  note")
     for name, took, status, message in rows:
-        print(f"{name:<{width}}  {took:>12}  {status:<8}  {message[:100]}")
+        first, *more = message.splitlines() or [""]
+        print(f"{name:<{width}}  {took:>12}  {status:<8}  {first}")
+        for line in more:  # the rest of an error (each problem of a params file) under its row
+            print(f"{'':<{width + 26}}{line}")
     counts = {s: sum(r[2] == s for r in rows) for s in ("ok", "oom", "skipped", "failed", "busy")}
     print("  ".join(f"{k}: {v}" for k, v in counts.items()))
     return 1 if counts["failed"] else 0

@@ -1,8 +1,11 @@
-"""One run, end to end: params file -> config -> task -> training loop -> one results record.
+"""One run, end to end: params file -> config -> preflight -> task -> training loop -> one results record.
 
-The record is written before training starts (status 'running') and rewritten when the run ends,
-however it ends: 'ok', 'oom' (a measurement, not a crash: the sweep goes on), 'skipped' (with the
-reason, e.g. a GPU-only setting on a CPU) or 'failed' (with the error, then the error is raised).
+Nothing is written before the preflight (labkit.preflight) has passed: settings that cannot run together
+stop with a ConfigError, and a configuration this machine cannot run is recorded once, as 'skipped' with
+the reason. Otherwise the record is written as 'running' when training starts and rewritten when the run
+ends, however it ends: 'ok', 'oom' (a measurement, not a crash: the sweep goes on) or 'failed' (with the
+error, then the error is raised). Multi-process strategies start one process per device
+(labkit.launch.distributed), each of which runs ``execute``.
 """
 from __future__ import annotations
 
@@ -17,42 +20,40 @@ import torch
 from labkit import config as config_mod
 from labkit import measure, preflight, results
 from labkit.config import Config
+from labkit.launch.distributed import launch
+
+TRACE = "trace.json.gz"  # the profiled steps' Chrome trace, beside result.json; the record's "trace" names it
 
 
 def run(config_file: str | Path, profile: str = "smoke", overrides: dict[str, Any] | None = None,
         runs_dir: str | Path | None = None) -> dict:
     """Run one configuration and return its results record (also saved under runs_dir)."""
     cfg = config_mod.load(config_file, profile, overrides)
+    preflight.check_settings(cfg, config_file)
     path = Path(config_file)
     identity = {"notebook": path.parent.name, "config": path.stem, "profile": profile,
                 "params_file": str(config_file), "overrides": overrides or {}}
     directory = results.record_dir(profile, identity["notebook"], identity["config"], runs_dir or results.RUNS_DIR)
     results.keep_previous(directory)  # the last run of this configuration stays comparable (results.compare)
+    if reason := preflight.skip_reason(cfg):
+        record = results.new_record(identity, cfg.model_dump(mode="json"), measure.environment_of(cfg), "skipped")
+        record.update(error=f"skipped: {reason}")
+        results.save(record, directory)
+        return record
     if cfg.train.strategy in ("ddp", "fsdp", "deepspeed") and "LOCAL_RANK" not in os.environ:
-        from labkit.launch.distributed import launch  # one process per device, even for one device; see notebook 05
-
-        return launch(cfg, identity, directory)
+        return launch(cfg, identity, directory)  # one process per device, even for one device; see notebook 05
     return execute(cfg, identity, directory)
 
 
 def execute(cfg: Config, identity: dict, directory: Path) -> dict:
     """Run ``cfg`` in this process (rank 0 writes the record when several processes take part)."""
-    cuda = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     rank = int(os.environ.get("RANK", 0))
-    env = measure.environment(device)
-    env["device_count"] = cfg.train.devices * cfg.train.num_nodes if cuda else cfg.train.devices
-    env["device_count"] *= cfg.model.split_devices  # a layer-split model uses several GPUs in one process
-    record: dict[str, Any] = {"run": {**identity, "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-                              "params": cfg.model_dump(mode="json"), "env": env, "status": "running",
-                              "error": None, "summary": {}, "curves": {}, "info": {}}
+    record = results.new_record(identity, cfg.model_dump(mode="json"), measure.environment_of(cfg))
     save = (lambda: results.save(record, directory)) if rank == 0 else (lambda: None)
+    trace = directory / TRACE if rank == 0 and cfg.measure.profile_steps else None
+    if rank == 0:
+        (directory / TRACE).unlink(missing_ok=True)  # an earlier run's trace must not pass for this one's
     save()
-    reason = preflight.gpu_only_reason(cfg, cuda)
-    if reason:
-        record.update(status="skipped", error=f"skipped: {reason}")
-        save()
-        return record
     try:
         from labkit.tasks import build_task
         from labkit.train import fit, make_fabric
@@ -61,7 +62,9 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
         fabric.seed_everything(cfg.train.seed)
         task = build_task(cfg)
         record["info"] = task.info
-        record.update(fit(cfg, task, fabric))
+        record.update(fit(cfg, task, fabric, trace))
+        if trace is not None and trace.is_file():
+            record["trace"] = TRACE
         record["status"] = "ok"
     except torch.cuda.OutOfMemoryError as err:
         record.update(status="oom", error=f"out of memory: {str(err).splitlines()[0]}")

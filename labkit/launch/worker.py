@@ -1,41 +1,104 @@
 """One rank of a multi-process run; labkit.launch.distributed.launch starts it through torchrun:
 
-    python -m torch.distributed.run --nproc-per-node 2 --standalone -m labkit.launch.worker runs/.../launch/spec.json
+    python -m torch.distributed.run --nproc-per-node 2 --standalone -m labkit.launch.worker runs/.../launch/<run>/spec.json
 
-It runs the configuration with labkit.launch.runner.execute (rank 0 writes the results record) and leaves
-its own status beside the spec, rank<N>.json, so the launcher can tell which rank failed first.
+It runs the configuration with labkit.launch.runner.execute (rank 0 writes the record into the run's own
+folder, beside the spec; the launcher makes it the configuration's result.json) and leaves its own status
+there too, rank<N>.json, so the launcher can tell which rank failed first and which processes to stop.
+
+A rank never outlives its run: it dies with torchrun (the kernel's parent-death signal) and, through a
+watchdog thread, with the launcher (the notebook's kernel, killed with its run-all by kill -9), so no
+orphan trains beside the next run of the same configuration.
 """
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import json
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 
-from labkit import results
-from labkit.config import Config
-from labkit.launch.runner import execute
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_INTERVAL_S = 1.0
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3 onwards of /proc/<pid>/stat (after the command name, which may hold spaces), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot; field 22), or None if there is no such process. A pid
+    with another start time is a new process that reuses the number."""
+    stat = _stat(pid)
+    return int(stat[19]) if stat else None
+
+
+def parent_of(pid: int) -> int | None:
+    stat = _stat(pid)
+    return int(stat[1]) if stat else None
+
+
+def alive(pid: int, start: int | None) -> bool:
+    """Whether the process ``pid`` that started at ``start`` (process_start) still runs (a zombie does not)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z" and (start is None or int(stat[19]) == start)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when torchrun ends, however it ends (even SIGKILL, which torchrun
+    cannot relay). SIGKILL, not SIGTERM: it also ends a rank stopped with SIGSTOP."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def watch(launcher: dict) -> None:
+    """End this rank's process group (the rank and its data-loader workers) once the launcher has gone."""
+    if launcher["host"] != socket.gethostname():
+        return  # a rank on another node: srun ends it with its step (--kill-on-bad-exit)
+    if parent_of(os.getppid()) != launcher["pid"]:  # torchrun died before die_with_parent could take effect
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    def poll() -> None:
+        while alive(launcher["pid"], launcher["start"]):
+            time.sleep(WATCH_INTERVAL_S)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=poll, name="labkit-launcher-watchdog", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # first: torch takes seconds to import, and torchrun may be killed meanwhile
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the launcher's stack dump of a hung rank
     spec_path = Path((argv or sys.argv[1:])[0])
     spec = json.loads(spec_path.read_text())
+    watch(spec["launcher"])
     rank = int(os.environ["RANK"])
     status = spec_path.parent / f"rank{rank}.json"
 
+    from labkit import results
+    from labkit.config import Config
+    from labkit.launch.runner import execute
+
     def report(state: str, **extra) -> None:
         results.write_json_atomic(status, {"rank": rank, "status": state, "time": time.time(), "pid": os.getpid(),
+                                           "pgid": os.getpgrp(), "start": process_start(os.getpid()),
                                            "host": socket.gethostname(), **extra})
 
-    report("running")  # with the pid the launcher signals for that dump
+    report("running")  # with the pid the launcher signals for a stack dump, and the group it stops
     try:
-        record = execute(Config.model_validate(spec["params"]), spec["identity"], Path(spec["directory"]))
+        record = execute(Config.model_validate(spec["params"]), spec["identity"], spec_path.parent)
     except BaseException as err:
         report("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise

@@ -1,6 +1,8 @@
 """GPT-2 for causal language modelling (notebook 06), fully fine-tuned or with LoRA adapters."""
 from __future__ import annotations
 
+import re
+
 from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config
 
@@ -55,14 +57,23 @@ def build(cfg: ModelConfig, vocab_size: int) -> tuple[nn.Module, dict]:
 
 
 def add_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
-    """Freeze the model and add rank-r adapters B·A (scaled by alpha/r) beside the target modules."""
+    """Freeze the model and add rank-r adapters B·A (scaled by alpha/r) beside the target modules; the
+    parameters whose names match ``lora.also_train`` train too."""
     from peft import LoraConfig, get_peft_model
 
     lora = cfg.lora
     # GPT-2's projections are Conv1D layers whose weight is stored (in, out): fan_in_fan_out says so.
     config = LoraConfig(task_type="CAUSAL_LM", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules or LORA_TARGETS, fan_in_fan_out=True)
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    for pattern in lora.also_train:
+        matched = [p for n, p in model.named_parameters() if re.search(pattern, n)]
+        if not matched:
+            raise ValueError(f"model.lora.also_train: '{pattern}' matches no parameter name of GPT-2 "
+                             f"'{cfg.preset}' (names look like {next(n for n, _ in model.named_parameters())!r})")
+        for p in matched:
+            p.requires_grad_(True)
+    return model
 
 
 def non_embedding_params(model: nn.Module) -> int:

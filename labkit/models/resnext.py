@@ -2,8 +2,9 @@
 widely used pytorch-cifar code the original labs trained (1x1 stem, three stages of bottleneck blocks
 with grouped 3x3 convolutions, bottleneck width doubling per stage, global average pooling).
 
-The nine blocks are one flat ``nn.ModuleList`` so activation checkpointing can wrap any of them;
-channels-last is applied by the training loop, not here. A checkpointed block's recomputation in
+The nine blocks are one flat ``nn.ModuleList`` so activation checkpointing can wrap any of them
+(``model.checkpointing`` full / selective), or, as the original lab 04 did (``stage_and_conv``), each of
+the three stages, every convolution inside the blocks and the final linear layer; channels-last is applied by the training loop, not here. A checkpointed block's recomputation in
 backward runs its BatchNorms in training mode again, so their running statistics take two updates
 per step: gradients are unchanged, evaluation sees slightly faster-moving statistics.
 """
@@ -12,15 +13,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 from labkit.config import ModelConfig
-from labkit.models import apply_checkpointing
+from labkit.models import Checkpointed, apply_checkpointing
 
 # blocks per stage, cardinality (groups), bottleneck width of the first stage, stem channels
 PRESETS = {
     "tiny": dict(num_blocks=(1, 1, 1), cardinality=2, bottleneck_width=4, stem=8),  # CPU smoke runs
     "resnext29_2x64d": dict(num_blocks=(3, 3, 3), cardinality=2, bottleneck_width=64, stem=64),
+    "resnext29_4x64d": dict(num_blocks=(3, 3, 3), cardinality=4, bottleneck_width=64, stem=64),  # the original lab's
     "resnext29_32x4d": dict(num_blocks=(3, 3, 3), cardinality=32, bottleneck_width=4, stem=64),
 }
 
@@ -65,12 +68,31 @@ class ResNeXt(nn.Module):
             width *= 2
         self.blocks = nn.ModuleList(blocks)
         self.linear = nn.Linear(in_planes, num_classes)
+        self.stages = [range(sum(num_blocks[:i]), sum(num_blocks[: i + 1])) for i in range(len(num_blocks))]
+        self.checkpoint_stages = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        for block in self.blocks:
-            x = block(x)
+        for stage in self.stages:
+            if self.checkpoint_stages and self.training:
+                x = checkpoint(self._run, stage, x, use_reentrant=False)
+            else:
+                x = self._run(stage, x)
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def _run(self, stage: range, x: torch.Tensor) -> torch.Tensor:
+        for i in stage:
+            x = self.blocks[i](x)
+        return x
+
+    def checkpoint_stages_and_convs(self) -> int:
+        """The original lab 04's granularity: each stage checkpointed as a whole, and inside it every block's
+        three convolutions (not the shortcut's), and the final linear layer; returns how many stages."""
+        for block in self.blocks:
+            block.conv1, block.conv2, block.conv3 = (Checkpointed(c) for c in (block.conv1, block.conv2, block.conv3))
+        self.linear = Checkpointed(self.linear)
+        self.checkpoint_stages = True
+        return len(self.stages)
 
 
 def build(cfg: ModelConfig, num_classes: int = 10) -> tuple[nn.Module, dict]:
@@ -83,7 +105,11 @@ def build(cfg: ModelConfig, num_classes: int = 10) -> tuple[nn.Module, dict]:
     model = ResNeXt(**PRESETS[cfg.preset], num_classes=num_classes)
     info = {"model": f"ResNeXt ({cfg.preset})", "preset": cfg.preset, "weights": "random",
             "weights_source": f"ResNeXt {cfg.preset}, CIFAR variant, trained from scratch", "blocks": len(model.blocks)}
-    info["checkpointed_blocks"] = apply_checkpointing(model.blocks, cfg.checkpointing, cfg.checkpoint_every)
+    if cfg.checkpointing == "stage_and_conv":
+        info["checkpointed_stages"] = model.checkpoint_stages_and_convs()
+        info["checkpointed_blocks"] = 0
+    else:
+        info["checkpointed_blocks"] = apply_checkpointing(model.blocks, cfg.checkpointing, cfg.checkpoint_every)
     return model, info
 
 

@@ -22,6 +22,7 @@ TASK_MODULES = {
     "cifar_resnext": "labkit.tasks.cifar_resnext",
     "gpt2_sft": "labkit.tasks.gpt2_sft",
     "t5_qa": "labkit.tasks.t5_qa",
+    "simcls": "labkit.tasks.simcls",
 }
 
 
@@ -55,8 +56,9 @@ class Task:
     train_set: Dataset
     val_set: Dataset
     collate_fn: Callable | None = None
-    # Task metric on the validation data after each epoch (EM/F1, accuracy, ...): model -> metrics.
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    # Task metric on the validation data after each epoch (EM/F1, accuracy, ...): (model, batch_size, limit) ->
+    # metrics. The loop chooses the batch size and the limit, the validation examples to score (None: all).
+    evaluate: Callable[[nn.Module, int, int | None], dict[str, float]] | None = None
     loss: Callable[[nn.Module, Any], torch.Tensor] = default_loss
     # Model FLOPs of one training sample (forward + backward), for throughput as MFU.
     flops_per_sample: float | None = None

@@ -16,8 +16,12 @@ from torch.utils.data import Dataset
 
 from labkit.data import packing
 from labkit.data import squad
+from labkit.data.sources import hold_out
+from labkit.data.tokenizers import load_tokenizer
 from labkit.config import Config
 from labkit.models import bert
+from labkit.precision import PRECISIONS
+from labkit.preflight import uses_cuda
 from labkit.tasks import Task, transformer_flops_per_sample
 
 HUB_DATASET = "rajpurkar/squad_v2"
@@ -44,26 +48,11 @@ def load_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
     if d.source == "local" and not d.val_path:
         # One local file: hold out its last articles for validation, so validation is unseen text.
         examples = squad.load_examples("local", "train", path=d.path, **kwargs)
-        titles = list(dict.fromkeys(e["title"] for e in examples))
-        held_out = set(titles[-max(1, len(titles) // 10):]) if len(titles) > 1 else set()
-        train = [e for e in examples if e["title"] not in held_out] or examples
-        val = [e for e in examples if e["title"] in held_out] or examples
+        train, val = hold_out(examples, "title")
         return train[: d.train_examples], val[: d.val_examples]
     train = squad.load_examples(d.source, "train", path=d.path, limit=d.train_examples, **kwargs)
     val = squad.load_examples(d.source, "validation", path=d.val_path or d.path, limit=d.val_examples, **kwargs)
     return train, val
-
-
-def load_tokenizer(cfg: Config, texts: list[str]):
-    """The pretrained model's own tokenizer, or offline a WordPiece vocabulary trained on the data."""
-    if cfg.model.weights == "random":
-        from labkit.data.tokenizers import train_wordpiece
-
-        return train_wordpiece(texts, vocab_size=8000 if cfg.model.preset == "tiny" else 30522)
-    from transformers import AutoTokenizer
-
-    source = cfg.model.path if cfg.model.weights == "local" else (cfg.model.hub_name or bert.PRESETS[cfg.model.preset][0])
-    return AutoTokenizer.from_pretrained(source)
 
 
 def qa_loss(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -80,7 +69,10 @@ def qa_loss(model: nn.Module, batch: dict) -> torch.Tensor:
         padding = batch["attention_mask"] == 0
 
         def nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(logits.float().masked_fill(padding, float("-inf")), target)
+            # A target past the feature (data.squad_examples one_per_answer: the answer was cut off) is
+            # ignored, as BertForQuestionAnswering ignores it.
+            return F.cross_entropy(logits.float().masked_fill(padding, float("-inf")), target,
+                                   ignore_index=logits.shape[-1])
     return (nll(out.start_logits, batch["start_positions"]) + nll(out.end_logits, batch["end_positions"])) / 2
 
 
@@ -90,9 +82,6 @@ def batching(cfg: Config, lengths: torch.Tensor, padding_side: str):
     if d.padding != "max_length" and padding_side != "right":
         raise ValueError(f"data.padding '{d.padding}' cuts padding off the right of each feature, but this tokenizer "
                          "pads on the left: use data.padding max_length")
-    if d.padding == "packed" and t.strategy == "dp":
-        raise ValueError("data.padding 'packed' makes each batch one row, which DataParallel cannot split over its GPUs: "
-                         "use train.strategy ddp, or data.padding dynamic")
     collate = {"max_length": None, "dynamic": packing.DynamicPadding(), "packed": packing.Packing(LABELS)}[d.padding]
     # One group is one optimizer micro-step's batches over every device, so each rank's batch is alike in length.
     group = t.batch_size * t.devices * t.num_nodes
@@ -121,40 +110,56 @@ def flops_per_feature(cfg: Config, model: nn.Module, info: dict, lengths: torch.
         "flops_counted": f"each batch's padded width (mean {padded:.0f} tokens)", "mean_padded_tokens": padded}
 
 
-def build_task(cfg: Config) -> Task:
+def make_evaluate(cfg: Config, val_examples: list[dict], tokenizer):
+    """The official SQuAD 2.0 metric over the validation questions, from the windows' predictions."""
     d = cfg.data
-    train_examples, val_examples = load_splits(cfg)
-    texts = list(dict.fromkeys(e["context"] for e in train_examples)) + [e["question"] for e in train_examples]
-    tokenizer = load_tokenizer(cfg, texts)
-    model, info = bert.build(cfg.model, len(tokenizer), d.max_length)
-    labelled = MODEL_INPUTS + LABELS
-    train_set = Features(squad.prepare_train_features(train_examples, tokenizer, d.max_length, d.doc_stride), labelled)
-    val_set = Features(squad.prepare_train_features(val_examples, tokenizer, d.max_length, d.doc_stride), labelled)
     eval_features = squad.prepare_eval_features(val_examples, tokenizer, d.max_length, d.doc_stride)
     eval_set = Features(eval_features, MODEL_INPUTS)
 
     @torch.no_grad()
-    def evaluate(model: nn.Module) -> dict[str, float]:
+    def evaluate(model: nn.Module, batch_size: int, limit: int | None) -> dict[str, float]:
+        examples = val_examples[:limit]
+        kept = {e["id"] for e in examples}
+        windows = sum(i in kept for i in eval_features["example_id"])  # an example's windows are consecutive
         device = next(model.parameters()).device
         starts, ends = [], []
-        for i in range(0, len(eval_set), 2 * cfg.train.batch_size):
-            batch = {k: v[i: i + 2 * cfg.train.batch_size].to(device) for k, v in eval_set.tensors.items()}
+        for i in range(0, windows, batch_size):
+            batch = {k: v[i: min(i + batch_size, windows)].to(device) for k, v in eval_set.tensors.items()}
             out = model(**batch)
             starts.append(out.start_logits.float().cpu())
             ends.append(out.end_logits.float().cpu())
-        predictions = squad.postprocess_predictions(val_examples, eval_features, torch.cat(starts).numpy(),
+        predictions = squad.postprocess_predictions(examples, eval_features, torch.cat(starts).numpy(),
                                                     torch.cat(ends).numpy())
-        return squad.evaluate(val_examples, predictions)
+        return squad.evaluate(examples, predictions)
+
+    return evaluate
+
+
+def build_task(cfg: Config) -> Task:
+    d = cfg.data
+    train_examples, val_examples = load_splits(cfg)
+    texts = list(dict.fromkeys(e["context"] for e in train_examples)) + [e["question"] for e in train_examples]
+    tokenizer = load_tokenizer(cfg.model, texts, "wordpiece", 30522, bert.PRESETS[cfg.model.preset][0])
+    model, info = bert.build(cfg.model, len(tokenizer), d.max_length)
+    labelled = MODEL_INPUTS + LABELS
+    if d.squad_examples == "one_per_answer":  # the original lab's preparation, scored by its loss alone
+        train_set, val_set = (Features(squad.prepare_answer_examples(e, tokenizer, d.max_length), labelled)
+                              for e in (train_examples, val_examples))
+        evaluate = None
+    else:
+        train_set = Features(squad.prepare_train_features(train_examples, tokenizer, d.max_length, d.doc_stride), labelled)
+        val_set = Features(squad.prepare_train_features(val_examples, tokenizer, d.max_length, d.doc_stride), labelled)
+        evaluate = make_evaluate(cfg, val_examples, tokenizer)
 
     lengths = train_set.tensors["attention_mask"].sum(1)
     collate, sampler = batching(cfg, lengths, tokenizer.padding_side)
     if d.padding == "packed":
         model.set_attn_implementation(packing.register())
-        half = cfg.train.precision in ("16-mixed", "bf16-mixed", "bf16-true")
-        info["attention"] = packing.kernel_name(torch.cuda.is_available() and cfg.train.accelerator != "cpu", half)
+        info["attention"] = packing.kernel_name(uses_cuda(cfg), PRECISIONS[cfg.train.precision].half)
         info["attention_dropout"] = "off (packed batches: the varlen kernel has none)"
     source = "embedded, SQuAD-length contexts" if d.source == "embedded" and d.context_length == "squad" else d.source
-    info.update(data_source=source, train_examples=len(train_examples), val_examples=len(val_examples),
+    info.update(data_source=source, squad_examples=d.squad_examples, train_examples=len(train_examples), val_examples=len(val_examples),
+                misplaced_answers=squad.misplaced_answers(train_examples) + squad.misplaced_answers(val_examples),
                 train_features=len(train_set), val_features=len(val_set), padding=d.padding,
                 group_by_length=d.group_by_length, mean_real_tokens=float(lengths.double().mean()),
                 real_token_percentiles={p: float(np.percentile(lengths.numpy(), p)) for p in (10, 50, 90)})

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from labkit.config import Config
+from labkit.data.synthetic.cifar import generate_cifar
 from labkit.models import resnext
 from labkit.tasks import Task
 
@@ -42,7 +43,8 @@ def read_batches(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Te
 
     Each batch file is a pickled dict whose ``data`` is an (n, 3072) uint8 array, one row per image
     in planes (1024 red, 1024 green, 1024 blue, each row-major 32x32), and ``labels`` a list of ints.
-    ``folder`` may be that folder or the one holding it. Pickle runs code: read only files you trust.
+    ``folder`` may be that folder or the one holding it. The files are read with ``BatchUnpickler``, which
+    builds nothing but what the format holds: a crafted file cannot run code.
     """
     root = Path(folder)
     if (root / "cifar-10-batches-py").is_dir():
@@ -55,14 +57,42 @@ def read_batches(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Te
                                 "it; or set data.source: embedded to use the generated data set")
     images, labels = [], []
     for name in names:
-        with open(root / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # written by Python 2: latin1 keeps the bytes as they are
-        data = np.asarray(entry["data"])
+        path = root / name
+        try:
+            with open(path, "rb") as f:
+                entry = BatchUnpickler(f, encoding="latin1").load()  # written by Python 2: latin1 keeps the bytes
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:  # truncated, or not a batch at all
+            raise ValueError(f"{path}: not a readable CIFAR-10 batch ({type(err).__name__}: {err}); copy or download "
+                             "the file again (torchvision checksums its download)") from None
+        if not isinstance(entry, dict) or not {"data", "labels"} <= entry.keys():
+            raise ValueError(f"{path}: not a CIFAR-10 batch: expected a dict with 'data' and 'labels'")
+        data, y = np.asarray(entry["data"]), np.asarray(entry["labels"])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{root / name}: 'data' is {data.dtype} {data.shape}, expected uint8 (n, 3072)")
+            raise ValueError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (n, 3072)")
+        if y.shape != (len(data),) or y.dtype.kind not in "iu":
+            raise ValueError(f"{path}: 'labels' must be {len(data)} integers, one per image (got {y.dtype} {y.shape})")
+        if len(y) and (y.min() < 0 or y.max() >= len(CLASSES)):
+            bad = int(np.flatnonzero((y < 0) | (y >= len(CLASSES)))[0])
+            raise ValueError(f"{path}: label {y[bad]} of image {bad} is outside 0..{len(CLASSES) - 1} (CIFAR-10's classes)")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.extend(entry["labels"])
-    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+        labels.append(y)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels).astype(np.int64))
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 batch holds (dicts, lists, str/bytes, ints, numpy arrays and their dtypes) and
+    refuses everything else: pickle calls whatever a file names, so a crafted batch could run any command."""
+
+    ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for name in ("_reconstruct", "scalar")} | \
+              {(module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")} | \
+              {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # _codecs: bytes pickled by Python 3
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds; "
+                                         "refused, as it could run code")
+        return super().find_class(module, name)
 
 
 def download(root: str | Path) -> Path:
@@ -76,45 +106,12 @@ def download(root: str | Path) -> Path:
     return Path(root) / "cifar-10-batches-py"
 
 
-def generate(n: int, split: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` generated CIFAR-shaped images (uint8 (n, 3, 32, 32)) and labels, the same for the same seed.
-
-    A class is a hue (five hues) and a stripe direction (horizontal or vertical): colour alone tells a
-    class from eight of the others, stripes from the ninth. Both survive crops and flips. Each image
-    also gets a random stripe frequency and phase, brightness, a distractor square and pixel noise,
-    so the task is learnable but not trivial. Images come in chunks of 1000 seeded by (seed, split,
-    chunk), so the first k images do not depend on n.
-    """
-    palette = np.array([[0.85, 0.25, 0.2], [0.25, 0.7, 0.3], [0.25, 0.35, 0.85], [0.85, 0.75, 0.2],
-                        [0.6, 0.3, 0.75]], dtype=np.float32)
-    grid = np.arange(32, dtype=np.float32)
-    images, labels = [], []
-    for chunk in range(0, n, 1000):
-        rng = np.random.default_rng([seed, split == "train", chunk // 1000])
-        m = 1000  # whole chunks, cut at the end, so image k is the same whatever n is
-        y = rng.integers(0, 10, m)
-        hue = palette[y % 5] + rng.normal(0, 0.08, (m, 3)).astype(np.float32)
-        freq = rng.uniform(0.25, 0.6, (m, 1, 1))
-        phase = rng.uniform(0, 2 * np.pi, (m, 1, 1))
-        coord = np.where((y >= 5)[:, None, None], grid[None, None, :], grid[None, :, None])  # vertical / horizontal
-        stripes = np.sin(freq * coord + phase).astype(np.float32)  # (m, 32, 32)
-        brightness = rng.uniform(0.6, 1.1, (m, 1, 1, 1)).astype(np.float32)
-        x = brightness * hue[:, :, None, None] * (0.75 + 0.25 * stripes[:, None])
-        r, c, size = rng.integers(0, 24, (3, m, 1, 1))  # a square of random colour somewhere, as clutter
-        square = (grid[:, None] >= r) & (grid[:, None] < r + 4 + size % 6) & (grid >= c) & (grid < c + 4 + size % 6)
-        x = np.where(square[:, None], rng.uniform(0, 1, (m, 3, 1, 1)).astype(np.float32), x)
-        x += rng.normal(0, 0.08, x.shape).astype(np.float32)
-        images.append((np.clip(x, 0, 1) * 255).round().astype(np.uint8))
-        labels.append(y)
-    return torch.from_numpy(np.concatenate(images)[:n]), torch.from_numpy(np.concatenate(labels)[:n].astype(np.int64))
-
-
 def load_splits(cfg: Config) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], str]:
     """(train images, labels), (test images, labels) and where they came from, cut to the configured sizes."""
     d = cfg.data
     if d.source == "embedded":
-        train = generate(d.train_examples or TRAIN_SIZE, "train", cfg.train.seed)
-        val = generate(d.val_examples or TEST_SIZE, "test", cfg.train.seed)
+        train = generate_cifar(d.train_examples or TRAIN_SIZE, "train", cfg.train.seed)
+        val = generate_cifar(d.val_examples or TEST_SIZE, "test", cfg.train.seed)
         return train, val, "embedded (generated by labkit in CIFAR-10's shape)"
     folder = Path(d.path) if d.source == "local" else download(d.path or CACHE)
     train, val = read_batches(folder, "train"), read_batches(folder, "test")
@@ -194,7 +191,7 @@ def whole_batch(batch):
 # ---------------------------------------------------------------- the task
 
 def build_task(cfg: Config) -> Task:
-    d, t = cfg.data, cfg.train
+    d = cfg.data
     (train_x, train_y), (val_x, val_y), source = load_splits(cfg)
     mean, std = channel_stats(train_x)
     model, info = resnext.build(cfg.model, num_classes=len(CLASSES))
@@ -207,7 +204,6 @@ def build_task(cfg: Config) -> Task:
         train_set, val_set = CIFAR(train_x, train_y, mean, std, d.augment), CIFAR(val_x, val_y, mean, std, False)
         where = f"per image on the CPU, in {d.num_workers} loader worker(s)" if d.num_workers else \
             "per image on the CPU, in the training process"
-    eval_size = min(len(val_set), t.eval_batches * t.batch_size) if t.eval_batches else len(val_set)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
 
     def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -216,12 +212,13 @@ def build_task(cfg: Config) -> Task:
         return F.cross_entropy(model(images.contiguous(memory_format=memory_format)), labels)
 
     @torch.no_grad()
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        """Top-1 accuracy on the validation images the validation loss saw (no augmentation)."""
+    def evaluate(model: nn.Module, batch_size: int, limit: int | None) -> dict[str, float]:
+        """Top-1 accuracy on the first ``limit`` validation images (all without a limit), not augmented."""
         device = next(model.parameters()).device
         correct = torch.zeros((), device=device, dtype=torch.long)
-        for i in range(0, eval_size, 2 * t.batch_size):
-            x = normalize(val_set.images[i:min(i + 2 * t.batch_size, eval_size)].to(device), mean, std)
+        eval_size = min(len(val_set), limit or len(val_set))
+        for i in range(0, eval_size, batch_size):
+            x = normalize(val_set.images[i:min(i + batch_size, eval_size)].to(device), mean, std)
             x = x.contiguous(memory_format=memory_format)
             correct += (model(x).argmax(1) == val_set.labels[i:i + len(x)].to(device)).sum()
         return {"accuracy": correct.item() / eval_size}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,9 @@ import torch
 from torch import nn
 
 from labkit.config import Config
+from labkit.data.sources import hold_out, load_hub
+from labkit.data.synthetic.sft import generate_pairs
+from labkit.data.tokenizers import load_tokenizer
 from labkit.models import gpt2
 from labkit.tasks import Task, transformer_flops_per_sample
 
@@ -32,62 +34,6 @@ TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 IGNORE = -100  # the label cross-entropy skips
 GENERATIONS = 4  # test prompts answered greedily after each evaluation, stored in the record's info
 GENERATE_TOKENS = 48
-
-
-# ---- data: a list of {"prompt": str, "response": str} per split -----------------------------------------
-
-COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "orange"]
-ANIMALS = ["cat", "dog", "horse", "mouse", "tiger", "rabbit", "sheep", "eagle"]
-FRUITS = ["apple", "pear", "grape", "lemon", "mango", "cherry", "peach", "plum"]
-WORDS = COLOURS + ANIMALS + FRUITS
-
-
-def _reverse(rng: random.Random) -> tuple[str, str]:
-    words = rng.sample(WORDS, rng.randint(3, 5))
-    return f"Reverse the list: {', '.join(words)}", ", ".join(reversed(words))
-
-
-def _sort(rng: random.Random) -> tuple[str, str]:
-    numbers = rng.sample(range(1, 100), rng.randint(3, 5))
-    return f"Sort from smallest to largest: {' '.join(map(str, numbers))}", " ".join(map(str, sorted(numbers)))
-
-
-def _add(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(1, 50), rng.randint(1, 50)
-    return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
-
-
-def _pick(rng: random.Random) -> tuple[str, str]:
-    groups = [("an animal", ANIMALS), ("a fruit", FRUITS), ("a colour", COLOURS)]
-    rng.shuffle(groups)
-    (kind, members), *others = groups
-    answer = rng.choice(members)
-    options = [answer] + [rng.choice(group) for _, group in others]
-    rng.shuffle(options)
-    return f"Which word is {kind}: {', '.join(options)}?", answer
-
-
-def _upper(rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(WORDS)
-    return f"Write in capital letters: {word}", word.upper()
-
-
-def _repeat(rng: random.Random) -> tuple[str, str]:
-    word, n = rng.choice(WORDS), rng.randint(2, 4)
-    return f"Repeat the word {word} {n} times.", " ".join([word] * n)
-
-
-KINDS = (_reverse, _sort, _add, _pick, _upper, _repeat)
-
-
-def generate_pairs(n: int, seed: int) -> list[dict[str, str]]:
-    """``n`` instruction/response pairs, the kinds in turn (so the first few test prompts differ in kind).
-
-    The test split is drawn with another seed: new samples of the same rules, though kinds with few
-    possible prompts (capital letters of one of 24 words) repeat training prompts.
-    """
-    rng = random.Random(seed)
-    return [dict(zip(("prompt", "response"), KINDS[i % len(KINDS)](rng))) for i in range(n)]
 
 
 def read_jsonl(path: str | Path, prompt_field: str, response_field: str, setting: str = "data.path") -> list[dict[str, str]]:
@@ -117,15 +63,9 @@ def read_jsonl(path: str | Path, prompt_field: str, response_field: str, setting
 
 def read_hub(cfg: Config) -> tuple[list[dict[str, str]], list[dict[str, str]] | None]:
     """Train and (where the data set has one) test pairs of a hub data set."""
-    from datasets import load_dataset
-
     d = cfg.data
     name = d.hub_name or HUB_DATASET
-    try:
-        splits = load_dataset(name, d.hub_config)
-    except Exception as err:  # offline, a wrong id, a missing config: each library error reads differently
-        raise RuntimeError(f"could not load hub data set '{name}' ({type(err).__name__}: {err}). Without internet, "
-                           "use data.source: local with data.path (JSON lines), or data.source: embedded") from err
+    splits = load_hub(name, d.hub_config)
     columns = splits["train"].column_names
     for field, key in ((d.prompt_field, "prompt_field"), (d.response_field, "response_field")):
         if field not in columns:
@@ -150,30 +90,12 @@ def load_splits(cfg: Config) -> tuple[list[dict[str, str]], list[dict[str, str]]
             test = read_jsonl(d.val_path, d.prompt_field, d.response_field, "data.val_path") if d.val_path else None
         else:
             train, test = read_hub(cfg)
-        if test is None:  # hold out a shuffled 10% (or val_examples) as the test set
-            train = train[:]
-            random.Random(0).shuffle(train)
-            n_test = d.val_examples or max(1, len(train) // 10)
-            if n_test >= len(train):
-                raise ValueError(f"{len(train)} pairs cannot spare {n_test} for the test set: lower data.val_examples")
-            train, test = train[n_test:], train[:n_test]
+        if test is None:  # the last tenth of the distinct prompts (or val_examples of them) is the test set
+            train, test = hold_out(train, "prompt", d.val_examples)
     return train[: d.train_examples], test[: d.val_examples]
 
 
 # ---- tokens: prompt masked, response learned -------------------------------------------------------------
-
-def load_tokenizer(cfg: Config, texts: list[str]):
-    """The pretrained model's own tokenizer, or offline a byte-level BPE trained on the training pairs."""
-    if cfg.model.weights == "random":
-        from labkit.data.tokenizers import train_bpe
-
-        return train_bpe(texts, vocab_size=8000 if cfg.model.preset == "tiny" else 50257)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gpt2.pretrained_source(cfg.model))
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # GPT-2 has none; padding is masked anyway
-    return tokenizer
-
 
 def encode(pairs: list[dict[str, str]], tokenizer, max_length: int) -> tuple[list[dict[str, list[int]]], int]:
     """Token ids and labels per pair, and how many pairs were cut to ``max_length``.
@@ -235,11 +157,9 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], max_length: int) -
 
 def build_task(cfg: Config) -> Task:
     d = cfg.data
-    if d.padding == "packed":
-        raise ValueError("data.padding 'packed' is not supported by gpt2_sft (a packed row would mix pairs): "
-                         "use max_length or dynamic")
     train_pairs, test_pairs = load_splits(cfg)
-    tokenizer = load_tokenizer(cfg, [TEMPLATE.format(prompt=p["prompt"]) + p["response"] for p in train_pairs])
+    texts = [TEMPLATE.format(prompt=p["prompt"]) + p["response"] for p in train_pairs]
+    tokenizer = load_tokenizer(cfg.model, texts, "bpe", 50257, gpt2.PRESETS[cfg.model.preset][0])
     model, info = gpt2.build(cfg.model, len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     train_set, truncated = encode(train_pairs, tokenizer, d.max_length)
@@ -248,13 +168,13 @@ def build_task(cfg: Config) -> Task:
     samples = test_pairs[:GENERATIONS]
 
     @torch.no_grad()
-    def evaluate(model: nn.Module) -> dict[str, float]:
+    def evaluate(model: nn.Module, batch_size: int, limit: int | None) -> dict[str, float]:
         """Test loss per response token (perplexity is its exp), then greedy answers to the first test prompts."""
         device = next(model.parameters()).device
         nll, targets = torch.zeros((), device=device, dtype=torch.float64), 0
-        size = cfg.train.batch_size
-        for start in range(0, len(test_set), size)[: cfg.train.eval_batches]:
-            batch = {k: v.to(device) for k, v in collate(test_set[start: start + size]).items()}
+        pairs = test_set[:limit]
+        for start in range(0, len(pairs), batch_size):
+            batch = {k: v.to(device) for k, v in collate(pairs[start: start + batch_size]).items()}
             n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model predicts token t+1 from tokens <= t
             nll += model(**batch).loss.double() * n
             targets += n

@@ -6,8 +6,9 @@ time in the loader's workers (so ``data.num_workers`` has the work the original 
 
 * GSM8K (``data.dataset: gsm8k``): JSON lines with ``question`` and ``answer``, the final number after
   ``#### `` on the answer's last line. The target is the worked solution without the calculator
-  annotations (``<<48/2=24>>``, which repeat the step's result); a greedy generation scores when the number
-  after its ``#### `` equals the reference's (exact numeric match: ``1,080`` == ``1080``).
+  annotations (``<<48/2=24>>``, which repeat the step's result), or with ``data.gsm8k_target: final_number``
+  the final number alone (the original lab's target); a greedy generation scores when its final number
+  equals the reference's (exact numeric match: ``1,080`` == ``1080``).
 * Biomedical QA (``data.dataset: bioqa``): SQuAD-format JSON (BioASQ factoid questions as BioBERT
   distributed them); the target is the first gold answer, scored by SQuAD's exact match and F1.
 
@@ -19,8 +20,7 @@ drugs and diseases with factoid questions).
 from __future__ import annotations
 
 import json
-import os
-import random
+import math
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -31,9 +31,14 @@ from torch import nn
 from transformers.models.t5.modeling_t5 import T5Block
 
 from labkit.data import squad
+from labkit.data.sources import hold_out, load_hub
+from labkit.data.synthetic.bioqa import generate_bioqa
+from labkit.data.synthetic.gsm8k import generate_gsm8k
+from labkit.data.tokenizers import load_tokenizer
 from labkit.measure import output_absmax
 from labkit.config import Config
 from labkit.models import t5
+from labkit.precision import PRECISIONS
 from labkit.tasks import Task, transformer_flops_per_sample
 
 GSM8K_HUB = ("openai/gsm8k", "main")
@@ -85,145 +90,27 @@ def read_gsm8k(path: str | Path) -> list[dict]:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{path}, line {n}: not a GSM8K line ({type(err).__name__}: {err}); "
                              f"expected {GSM8K_FORMAT}") from None
+    if not rows:
+        raise ValueError(f"{path}: no GSM8K lines in the file (it is empty); expected {GSM8K_FORMAT}")
     return rows
-
-
-# ----------------------------------------------------------------------------- generated data
-# Templates of one- and two-step word problems, answered the way GSM8K answers them (a sentence per step
-# with a calculator annotation, then '#### N'); large results sometimes carry thousands commas and
-# temperatures go below zero, as in the real set.
-
-_NAMES = "Natalia Weng Betty Julie James Albert Mark Tina Ken Rose Omar Lena Priya Diego Hana Ivan".split()
-_ITEMS = "apples pencils stickers cookies marbles books stamps cards shells eggs buttons candles".split()
-_MONTHS = "January February March April May June July August September October".split()
-
-
-def _number(n: int, rng: random.Random) -> str:
-    return f"{n:,}" if abs(n) >= 1000 and rng.random() < 0.5 else str(n)
-
-
-def _problem(rng: random.Random) -> dict:
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    kind = rng.randrange(6)
-    if kind == 0:
-        a, b = rng.randint(5, 90), rng.randint(2, 60)
-        c = rng.randint(1, a + b)
-        s, r = a + b, a + b - c
-        q = (f"{name} had {a} {item}. {name} bought {b} more and then gave {c} to a friend. "
-             f"How many {item} does {name} have now?")
-        steps = [f"After buying more, {name} had {a} + {b} = <<{a}+{b}={s}>>{s} {item}.",
-                 f"After giving some away, {name} has {s} - {c} = <<{s}-{c}={r}>>{r} {item}."]
-    elif kind == 1:
-        a = 2 * rng.randint(3, 60)
-        m1, m2 = rng.sample(_MONTHS, 2)
-        h, r = a // 2, a + a // 2
-        q = (f"{name} sold {a} {item} in {m1}, and then sold half as many {item} in {m2}. "
-             f"How many {item} did {name} sell altogether in {m1} and {m2}?")
-        steps = [f"{name} sold {a}/2 = <<{a}/2={h}>>{h} {item} in {m2}.",
-                 f"{name} sold {a}+{h} = <<{a}+{h}={r}>>{r} {item} altogether in {m1} and {m2}."]
-    elif kind == 2:
-        a, b = rng.randint(2, 25), rng.randint(2, 9)
-        p = a * b
-        c = rng.choice([x for x in (20, 50, 100, 200, 500) if x > p] or [1000])
-        r = c - p
-        q = f"{name} buys {b} {item} at ${a} each and pays with a ${c} bill. How much change does {name} get?"
-        steps = [f"The {item} cost {b} * {a} = $<<{b}*{a}={p}>>{p}.",
-                 f"{name} gets {c} - {p} = $<<{c}-{p}={r}>>{r} in change."]
-    elif kind == 3:
-        a, b, c = rng.randint(12, 250), rng.randint(2, 12), rng.randint(2, 30)
-        d, r = a * b, a * b * c
-        q = f"A workshop makes {a} {item} every hour. It works {b} hours a day. How many {item} does it make in {c} days?"
-        steps = [f"In one day it makes {a} * {b} = <<{a}*{b}={d}>>{d} {item}.",
-                 f"In {c} days it makes {d} * {c} = <<{d}*{c}={r}>>{r} {item}."]
-    elif kind == 4:
-        a, b = rng.randint(-10, 30), rng.randint(3, 40)
-        r = a - b
-        q = (f"The temperature was {a} degrees Fahrenheit at noon. By midnight it had dropped by {b} degrees. "
-             "What was the temperature at midnight?")
-        steps = [f"The temperature at midnight was {a} - {b} = <<{a}-{b}={r}>>{r} degrees Fahrenheit."]
-    else:
-        b, r = rng.randint(2, 12), rng.randint(2, 30)
-        a = b * r
-        q = f"{name} has {a} {item} and shares them equally among {b} friends. How many {item} does each friend get?"
-        steps = [f"Each friend gets {a} / {b} = <<{a}/{b}={r}>>{r} {item}."]
-    return {"question": q, "answer": "\n".join(steps + [f"#### {_number(r, rng)}"])}
-
-
-def generate_gsm8k(n: int, seed: int = 0) -> list[dict]:
-    """``n`` GSM8K-format problems; problem i depends only on (seed, i)."""
-    return [_problem(random.Random(f"labkit-gsm8k-{seed}-{i}")) for i in range(n)]
-
-
-_GENE_A = "BRX KLT MAP ZNF SOX CDK TRP NRG FOX PAX LRR WNT".split()
-_DRUG_A = "vero tala cili poma dena rita lumi sapo fexo quila".split()
-_DRUG_B = "tinib mab zumab ciclib parib rafenib".split()
-_DISEASE_A = "Harlow Menzies Okafor Pellard Quist Ravensky Tamura Ulloa Verhoeven Wexley".split()
-_DISEASE_B = "syndrome disease dystrophy anemia ataxia".split()
-_TISSUES = "liver kidney retina heart muscle pancreas lung skin cerebellum bone marrow".split()
-_FACTS = [  # (sentence, question, slot the question asks for)
-    ("{gene} is located on chromosome {chrom}.", "On which chromosome is {gene} located?", "chrom"),
-    ("Mutations in {gene} cause {disease}.", "Mutations in which gene cause {disease}?", "gene"),
-    ("{disease} is treated with {drug}.", "Which drug is used to treat {disease}?", "drug"),
-    ("{drug} inhibits the kinase encoded by {gene}.", "Which gene encodes the kinase inhibited by {drug}?", "gene"),
-    ("{gene} is mainly expressed in the {tissue}.", "In which tissue is {gene} mainly expressed?", "tissue"),
-    ("{disease} affects about {prevalence} people in {count} births.",
-     "How many people in {count} births are affected by {disease}?", "prevalence"),
-]
-_FILLER = ["The study enrolled patients from several centres.", "Expression was measured by quantitative PCR.",
-           "Results were confirmed in an independent cohort.", "The protein forms a complex with two partners."]
-
-
-def _bio_values(rng: random.Random) -> dict[str, str]:
-    return {"gene": f"{rng.choice(_GENE_A)}{rng.randint(1, 40)}",
-            "drug": rng.choice(_DRUG_A) + rng.choice(_DRUG_B),
-            "disease": f"{rng.choice(_DISEASE_A)} {rng.choice(_DISEASE_B)}",
-            "chrom": str(rng.randint(1, 22)), "tissue": rng.choice(_TISSUES),
-            "prevalence": str(rng.randint(1, 9)), "count": rng.choice(["1,000", "10,000", "100,000"])}
-
-
-def _passage(rng: random.Random, pid: str) -> dict:
-    values = _bio_values(rng)
-    facts = rng.sample(_FACTS, rng.randint(2, 4))
-    sentences = [sentence for sentence, _, _ in facts] + rng.sample(_FILLER, 1)
-    rng.shuffle(sentences)
-    context, starts = "", {}
-    for sentence in sentences:
-        for slot in re.findall(r"\{(\w+)\}", sentence):  # where the slot's value lands in the context
-            starts.setdefault(slot, len(context) + len(sentence[: sentence.index("{" + slot + "}")].format(**values)))
-        context += sentence.format(**values) + " "
-    qas = [{"id": f"{pid}-{n}", "question": question.format(**values),
-            "answers": [{"text": values[slot], "answer_start": starts[slot]}]}
-           for n, (_, question, slot) in enumerate(facts)]
-    return {"context": context.strip(), "qas": qas}
-
-
-def generate_bioqa(num_passages: int, seed: int = 0) -> dict:
-    """Factoid passages with questions in the SQuAD JSON format (flatten with labkit.data.squad.flatten_squad)."""
-    data = [{"title": f"synthetic-bio-{seed}-{i}", "paragraphs": [_passage(random.Random(f"labkit-bioqa-{seed}-{i}"),
-                                                                             f"bio{seed}-{i}")]}
-            for i in range(num_passages)]
-    return {"version": "synthetic-bioasq-factoid", "data": data}
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def _hold_out(rows: list[dict], key: str) -> tuple[list[dict], list[dict]]:
-    """Last tenth of the distinct ``key`` values for validation, so no question is in both splits."""
-    groups = list(dict.fromkeys(r[key] for r in rows))
-    held = set(groups[-max(1, len(groups) // 10):]) if len(groups) > 1 else set()
-    return [r for r in rows if r[key] not in held] or rows, [r for r in rows if r[key] in held] or rows
-
-
-def _hub(name: str, config: str | None, split: str) -> Any:
-    try:
-        import datasets
-
-        return datasets.load_dataset(name, config, split=split)
-    except Exception as err:  # offline, gated, renamed...: all end the same way for the user
-        raise RuntimeError(f"could not load {name!r} (split {split!r}) from the Hugging Face Hub "
-                           f"({type(err).__name__}: {err}). Without the Hub, use data.source: local with "
-                           "data.path (the original format), or data.source: embedded") from err
+def _original_splits(cfg: Config, train: list[dict], val: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The original lab 07's preparation where the data options ask for it: one question per distinct context
+    (data.drop_duplicate_contexts), then a random data.val_fraction of the training split (seed train.seed)
+    held out for validation in place of the source's own split (sklearn's train_test_split rounds up)."""
+    d = cfg.data
+    if d.drop_duplicate_contexts:
+        train = list({e["context"]: e for e in reversed(train)}.values())[::-1]  # the first question of each context
+    if not d.val_fraction:
+        return train, val
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
+    held = order[: math.ceil(d.val_fraction * len(train))]
+    kept = set(held)
+    return [e for i, e in enumerate(train) if i not in kept], [train[i] for i in held]
 
 
 def load_gsm8k(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -233,11 +120,12 @@ def load_gsm8k(cfg: Config) -> tuple[list[dict], list[dict]]:
         val = generate_gsm8k(d.val_examples or EMBEDDED_SIZES["validation"], 2 * cfg.train.seed + 1)
     elif d.source == "local":
         rows = read_gsm8k(d.path)
-        train, val = (rows, read_gsm8k(d.val_path)) if d.val_path else _hold_out(rows, "question")
+        train, val = (rows, read_gsm8k(d.val_path)) if d.val_path else (rows, []) if d.val_fraction else hold_out(rows, "question")
     else:
         name, config = d.hub_name or GSM8K_HUB[0], d.hub_config or GSM8K_HUB[1]
-        train, val = ([{"question": r["question"], "answer": r["answer"]} for r in _hub(name, config, split)]
+        train, val = ([{"question": r["question"], "answer": r["answer"]} for r in load_hub(name, config, split)]
                       for split in ("train", "test"))
+    train, val = _original_splits(cfg, train, val)
     return train[: d.train_examples], val[: d.val_examples]
 
 
@@ -250,19 +138,25 @@ def load_bioqa(cfg: Config) -> tuple[list[dict], list[dict]]:
         val = squad.flatten_squad(generate_bioqa(-(-(d.val_examples or EMBEDDED_SIZES["validation"]) // 2),
                                                  2 * cfg.train.seed + 1), "embedded")
     elif d.source == "local":
-        train, val = ((squad.read_squad_json(d.path), squad.read_squad_json(d.val_path)) if d.val_path
-                      else _hold_out(squad.read_squad_json(d.path), "question"))
+        # A folder: every SQuAD-format file in it, in name order (BioASQ-train-factoid-4b.json, ...), as one set.
+        files = sorted(Path(d.path).glob("*.json")) if Path(d.path).is_dir() else [d.path]
+        rows = [e for f in files for e in squad.read_squad_json(f)]
+        train, val = ((rows, squad.read_squad_json(d.val_path)) if d.val_path
+                      else (rows, []) if d.val_fraction else hold_out(rows, "question"))
     else:
         keys = ("id", "context", "question", "answers")
         train, val = ([{"title": row.get("title", ""), **{k: row[k] for k in keys}}
-                       for row in _hub(d.hub_name or BIOQA_HUB, d.hub_config, split)] for split in ("train", "validation"))
+                       for row in load_hub(d.hub_name or BIOQA_HUB, d.hub_config, split)] for split in ("train", "validation"))
+    train, val = _original_splits(cfg, train, val)
     return train[: d.train_examples], val[: d.val_examples]
 
 
-def text_pairs(dataset: str, examples: list[dict]) -> list[tuple[str, str]]:
-    """(source, target) texts of GSM8K problems or SQuAD-layout QA examples."""
+def text_pairs(dataset: str, examples: list[dict], gsm8k_answer: str = "solution") -> list[tuple[str, str]]:
+    """(source, target) texts of GSM8K problems (the target: the worked solution, or the final number alone)
+    or SQuAD-layout QA examples."""
     if dataset == "gsm8k":
-        return [(source_text(e["question"]), gsm8k_target(e["answer"])) for e in examples]
+        target = gsm8k_target if gsm8k_answer == "solution" else (lambda answer: final_answer(answer) or "")
+        return [(source_text(e["question"]), target(e["answer"])) for e in examples]
     return [(source_text(e["question"], e["context"]), (e["answers"]["text"] or [""])[0]) for e in examples]
 
 
@@ -274,9 +168,6 @@ class TextToText:
     Runs in the loader's worker processes, so tokenisation overlaps the GPU's work when num_workers > 0."""
 
     def __init__(self, tokenizer: Any, max_length: int, target_length: int, padding: str):
-        if padding == "packed":
-            raise ValueError("data.padding 'packed' is not supported for t5_qa (an encoder-decoder pairs each "
-                             "source with its own target); use 'max_length' or 'dynamic'")
         self.tokenizer, self.max_length, self.target_length = tokenizer, max_length, target_length
         self.padding = "max_length" if padding == "max_length" else "longest"
 
@@ -290,33 +181,15 @@ class TextToText:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
-def load_tokenizer(cfg: Config, texts: list[str]):
-    """The pretrained model's own tokenizer, or offline a T5-style Unigram vocabulary trained on the data."""
-    # The fast tokenizer's thread pool and the loader's forked workers do not mix: one thread per worker.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if cfg.model.weights == "random":
-        from labkit.data.tokenizers import train_unigram
-
-        return train_unigram(texts, vocab_size=8000 if cfg.model.preset == "tiny" else t5.T5_VOCAB)
-    from transformers import AutoTokenizer
-
-    source = cfg.model.path if cfg.model.weights == "local" else (cfg.model.hub_name or t5.PRESETS[cfg.model.preset][0])
-    return AutoTokenizer.from_pretrained(source)
-
-
 # ----------------------------------------------------------------------------- the task
 
 
 def build_task(cfg: Config) -> Task:
     d = cfg.data
-    if d.dataset not in ("gsm8k", "bioqa"):
-        raise ValueError(f"task t5_qa needs data.dataset: gsm8k or bioqa (got {d.dataset!r}); set it in the params file")
-    if cfg.model.split_devices > 1 and cfg.train.devices * cfg.train.num_nodes > 1:
-        raise ValueError("model.split_devices places one model over several GPUs in one process; it does not combine "
-                         "with train.devices > 1 (data parallel): set one of them to 1")
     train_examples, val_examples = (load_gsm8k if d.dataset == "gsm8k" else load_bioqa)(cfg)
-    train_set, val_set = text_pairs(d.dataset, train_examples), text_pairs(d.dataset, val_examples)
-    tokenizer = load_tokenizer(cfg, [text for pair in train_set for text in pair if text])
+    train_set, val_set = (text_pairs(d.dataset, e, d.gsm8k_target) for e in (train_examples, val_examples))
+    tokenizer = load_tokenizer(cfg.model, [text for pair in train_set for text in pair if text], "unigram", t5.T5_VOCAB,
+                               t5.PRESETS[cfg.model.preset][0])
     model, info = t5.build(cfg.model, len(tokenizer))
     collate = TextToText(tokenizer, d.max_length, d.target_length, d.padding)
     evaluate = make_evaluate(cfg, tokenizer, collate, val_set, val_examples)
@@ -345,24 +218,24 @@ def t5_of(model: nn.Module) -> nn.Module:
     return model
 
 
-AUTOCAST = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
-
-
 def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: list[tuple[str, str]],
                   val_examples: list[dict]):
     """Answer accuracy by greedy generation over the validation set, and the activations' range (fp16 check)."""
-    dataset, batch_size = cfg.data.dataset, 2 * cfg.train.batch_size
-    if cfg.train.eval_batches:  # the validation loss's cap, in examples, applies to the answers too
-        val_set, val_examples = (v[: cfg.train.eval_batches * cfg.train.batch_size] for v in (val_set, val_examples))
+    dataset = cfg.data.dataset
+    answer_tokens = [len(ids) for ids in tokenizer([t for _, t in val_set])["input_ids"]]
 
     @torch.no_grad()
-    def evaluate(model: nn.Module) -> dict[str, float]:
+    def evaluate(model: nn.Module, batch_size: int, limit: int | None) -> dict[str, float]:
+        pairs, examples = val_set[:limit], val_examples[:limit]
+        # No reference answer is longer than this (its end-of-sequence token counted): a model that has learnt the
+        # task stops earlier, at its own end of sequence, and an untrained one is cut here, not at target_length.
+        max_new_tokens = min(cfg.data.target_length, max(answer_tokens[:limit], default=1))
         # The bare T5 inside Fabric's wrapper, run eagerly under the training precision's autocast: inference
         # needs nothing of DDP's forward, and a compiled forward would recompile for every generated length.
         core = t5_of(model)
         device = next(core.parameters()).device
-        autocast = torch.autocast(device.type, dtype=AUTOCAST.get(cfg.train.precision, torch.float32),
-                                  enabled=cfg.train.precision in AUTOCAST)
+        dtype = PRECISIONS[cfg.train.precision].autocast
+        autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
         sharded = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         # FSDP2 keeps the root's own parameters (the tied embedding) sharded outside the root's forward, and
@@ -373,15 +246,18 @@ def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: lis
         generated = []
         try:
             with autocast:
-                for i in range(0, len(val_set), batch_size):
-                    batch = collate(val_set[i: i + batch_size])
+                for i in range(0, len(pairs), batch_size):
+                    batch = collate(pairs[i: i + batch_size])
+                    # Sharded parameters are gathered by every rank together, so FSDP's ranks decode in step until
+                    # all have finished; replicated models (DDP, ZeRO-2) generate on their own.
                     out = core.generate(input_ids=batch["input_ids"].to(device),
                                         attention_mask=batch["attention_mask"].to(device),
-                                        max_new_tokens=cfg.data.target_length, do_sample=False, num_beams=1,
-                                        synced_gpus=sharded)  # sharded ranks step together until all have finished
+                                        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                        synced_gpus=fsdp and sharded)
                     generated += tokenizer.batch_decode(out, skip_special_tokens=True)
-                metrics = score(dataset, generated, val_set, val_examples)
-                metrics.update(activation_range(core, collate(val_set[:batch_size]), device))
+                metrics = score(dataset, generated, pairs, examples, cfg.data.gsm8k_target)
+                metrics.update(activation_range(core, collate(pairs[:batch_size]), device))
         finally:
             if fsdp:
                 core.reshard()
@@ -390,14 +266,16 @@ def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: lis
     return evaluate
 
 
-def score(dataset: str, generated: list[str], val_set: list[tuple[str, str]],
-          val_examples: list[dict]) -> dict[str, float]:
-    """GSM8K: % exact numeric match of the final answers (and % of generations that give one);
+def score(dataset: str, generated: list[str], val_set: list[tuple[str, str]], val_examples: list[dict],
+          gsm8k_answer: str = "solution") -> dict[str, float]:
+    """GSM8K: % exact numeric match of the final answers (after the generation's ``#### ``, or the whole
+    generation where the target is the final number alone), and % of generations that give one;
     QA: SQuAD exact match and F1 (labkit.data.squad.evaluate) of the generated answers. ``accuracy`` is the
     headline figure of both (numeric match, or exact match)."""
     if dataset == "gsm8k":
-        predicted = [final_answer(g) for g in generated]
-        expected = [final_answer(target) for _, target in val_set]
+        number = final_answer if gsm8k_answer == "solution" else (lambda text: final_answer(f"#### {text.strip()}"))
+        predicted = [number(g) for g in generated]
+        expected = [number(target) for _, target in val_set]
         correct = sum(p is not None and p == e for p, e in zip(predicted, expected))
         return {"accuracy": 100.0 * correct / len(generated),
                 "answered": 100.0 * sum(p is not None for p in predicted) / len(generated)}

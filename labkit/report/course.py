@@ -1,24 +1,15 @@
-"""The course report: notebook 08's comparisons over every record of a profile, and the HTML pages.
-
-    python -m labkit.report --profile smoke   ->  reports/smoke/index.html   (``make report``)
+"""Notebook 08's comparisons over every record of a profile.
 
 Notebook 08 reads every results record of a profile (all notebooks, configurations and machines) and
 draws the comparisons the original labs drew by hand; each figure comes with one sentence computed
 from the records, and numbers are only ever set against runs of the same device and profile. A run
 that did not finish (skipped, oom, failed, running) shows as such, never as a number.
 
-The HTML pages embed their plots and load no script from the network, so they open offline; each
-says where its run ran (GPU, driver, library versions, host, date), and the index links them all.
+Which run is measured against which (baselines, speed-ups, scaling efficiency, the Pareto front) is
+decided by ``labkit.results.comparison``, the same function notebooks 05 and 07 use.
 """
 from __future__ import annotations
 
-import argparse
-import html
-import os
-import platform
-import sys
-import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,10 +19,9 @@ import pandas as pd
 from matplotlib.patches import Patch
 
 from labkit import results
-from labkit.config import ROOT
+from labkit.plots.common import legend_outside
+from labkit.results import name, task_of
 
-TASKS = {"bert_squad": "BERT-QA / SQuAD", "cifar_resnext": "ResNeXt / CIFAR-10", "gpt2_sft": "GPT-2 SFT",
-         "t5_qa": "T5 QA"}
 # Summary key -> (label, measured on GPUs only)
 METRICS = {
     "final_val_loss": ("final validation loss", False),
@@ -46,20 +36,7 @@ NOT_FINISHED = {"skipped": "skipped", "oom": "out of memory", "failed": "failed"
 
 def collect(profile: str, runs_dir: str | Path | None = None) -> list[dict]:
     """Every results record of a profile, in notebook and configuration order."""
-    base = Path(runs_dir or results.RUNS_DIR) / profile
-    return [results.read(p.parent) for p in sorted(base.glob("*/*/result.json"))]
-
-
-def name(record: dict) -> str:
-    """A run's short name in figures and sentences: notebook number / configuration."""
-    return f"{record['run']['notebook'][:2]}/{record['run']['config']}"
-
-
-def task_of(record: dict) -> str:
-    """The task, and the data set where a task has several: runs compare only within one."""
-    p = record.get("params", {})
-    task = TASKS.get(p.get("task"), p.get("task") or "?")
-    return f"{task} ({p['data']['dataset']})" if p.get("data", {}).get("dataset") else task
+    return results.records(profile, runs_dir=runs_dir)
 
 
 def device(record: dict) -> str:
@@ -210,6 +187,7 @@ def per_configuration(records: Sequence[dict], metric: str) -> tuple[plt.Figure 
         bars = ax.barh(configs, [v or 0 for v in values], color=[f"C{tasks.index(task_of(r)) % 10}" for r in group])
         if len(tasks) > 1:
             ax.legend(handles=[Patch(color=f"C{i % 10}", label=t) for i, t in enumerate(tasks)], fontsize=7)
+            legend_outside(ax)
         ax.bar_label(bars, labels=[f"{v:.3g}" if v is not None else "" for v in values], fontsize=7, padding=2)
         for y, (r, v) in enumerate(zip(group, values)):
             if v is None:
@@ -253,38 +231,16 @@ def _per_configuration_sentence(records: Sequence[dict], metric: str) -> str:
             f"and {name(hi)} {_ok(hi, metric):.3g}, {_ok(hi, metric) / _ok(lo, metric):.2f}x higher ({where}){unfinished}")
 
 
-def _n_devices(record: dict) -> int:
-    t = record["params"]["train"]
-    return t["devices"] * t["num_nodes"]
-
-
-def _data_parallel(record: dict) -> bool:
-    p = record["params"]
-    return p["train"]["strategy"] in ("dp", "ddp", "fsdp", "deepspeed") and p["model"]["split_devices"] == 1
-
-
 def _scaling_rows(records: Sequence[dict]) -> list[dict]:
-    """Each data-parallel run on several devices with the one-device run it is measured against: the fastest
-    finished one of the same notebook, task, model, precision, per-device batch and device."""
-    def key(r: dict) -> tuple:
-        p = r["params"]
-        return (r["run"]["notebook"], task_of(r), p["model"]["preset"], p["train"]["precision"], p["train"]["batch_size"],
-                r.get("env", {}).get("device"), r.get("env", {}).get("device_name"))
-
-    single: dict[tuple, dict] = {}
-    for r in records:
-        rate = _ok(r, "samples_per_s")
-        if rate and _n_devices(r) == 1 and r["params"]["model"]["split_devices"] == 1 and \
-                rate > (_ok(single.get(key(r), {}), "samples_per_s") or 0):
-            single[key(r)] = r
-    rows = []
-    for r in records:
-        if _data_parallel(r) and _n_devices(r) > 1:
-            base, rate = single.get(key(r)), _ok(r, "samples_per_s")
-            speedup = rate / _ok(base, "samples_per_s") if base and rate else None
-            rows.append({"record": r, "base": base, "n": _n_devices(r), "speedup": speedup,
-                         "efficiency": 100 * speedup / _n_devices(r) if speedup else None})
-    return rows
+    """Each data-parallel run on several devices with its one-device baseline (``results.comparison``)."""
+    table = results.comparison(records)
+    by_name = {name(r): r for r in records}
+    return [{"record": by_name[row.run], "base": by_name.get(row.baseline), "n": row.devices,
+             "speedup": row.speedup if pd.notna(row.speedup) else None,
+             "efficiency": 100 * row.scaling_efficiency if pd.notna(row.scaling_efficiency) else None}
+            for row in table.itertuples()
+            if row.devices > 1 and results.setting(by_name[row.run], "train.strategy") in results.DATA_PARALLEL
+            and results.setting(by_name[row.run], "model.split_devices") == 1]
 
 
 def scaling(records: Sequence[dict]) -> pd.DataFrame | None:
@@ -313,13 +269,14 @@ def scaling_figure(records: Sequence[dict]) -> tuple[plt.Figure | None, str]:
             + ", ".join(f"{n} {NOT_FINISHED.get(s, s)}" for s, n in sorted(unfinished.items())) + ")" if unfinished else "")
     if not done:
         return None, ("No scaling efficiency: no multi-device run finished beside a finished one-device run of the same "
-                      f"notebook, model, precision and device{rest}.")
+                      f"notebook, model, precision, per-device batch and device{rest}.")
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(done) + 1.6))
     bars = ax.barh([f"{name(row['record'])} ({row['n']} × {device(row['base'])})" for row in done],
                    [row["efficiency"] for row in done], color="C0")
     ax.bar_label(bars, fmt="%.0f%%", fontsize=8, padding=2)
     ax.axvline(100, color="black", ls="--", lw=1)
     ax.invert_yaxis()
+    ax.margins(x=0.12)
     ax.set(xlabel="scaling efficiency (%)", title="Scaling efficiency: samples/s on N devices / (N × one device)")
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
@@ -336,33 +293,31 @@ def scaling_figure(records: Sequence[dict]) -> tuple[plt.Figure | None, str]:
 
 def pareto(records: Sequence[dict], x: str = "train_time_s", y: str = "final_val_loss") -> tuple[plt.Figure | None, str]:
     """Validation loss against training time, a panel per task and device; the line joins the runs that no
-    other run beats on both (faster and a lower loss)."""
+    other run beats on both (faster and a lower loss), ``results.pareto_front``. Points are numbered and the
+    numbers named beside each panel, so labels never overlap however close the runs are."""
     done = [r for r in records if _ok(r, x) is not None and _ok(r, y) is not None]
     if not done:
         return None, f"No time-quality plot: no finished run has both a training time and a validation loss{_count_unfinished(records)}."
+    on_front = results.pareto_front(done, y, lower_is_better=True, time=x)
     panels = _groups(done, lambda r: (task_of(r), machine(r)))
-    columns = min(len(panels), 3)
+    columns = min(len(panels), 2)
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(8 * columns, 4.6 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.remove()
     fronts = {}
     for ax, ((task, where), group) in zip(axes.flat, panels.items()):
         group = sorted(group, key=lambda r: (_ok(r, x), _ok(r, y)))
-        front, best = [], float("inf")
-        for r in group:
-            if _ok(r, y) < best:
-                front.append(r)
-                best = _ok(r, y)
+        front = [r for r in group if name(r) in on_front]
         fronts[(task, where)] = (front, group)
-        ax.scatter([_ok(r, x) for r in group], [_ok(r, y) for r in group], color="C0", zorder=2)
-        ax.step([_ok(r, x) for r in front], [_ok(r, y) for r in front], where="post", color="grey", zorder=1,
-                label="front: no run both faster and lower")
-        for r in group:
-            ax.annotate(name(r), (_ok(r, x), _ok(r, y)), xytext=(3, 3), textcoords="offset points", fontsize=7,
-                        color="black" if r in front else "grey")
+        ax.step([_ok(r, x) for r in front], [_ok(r, y) for r in front], where="post", color="grey", zorder=1)
+        for i, r in enumerate(group, 1):
+            colour = "C3" if r in front else "C0"
+            ax.scatter(_ok(r, x), _ok(r, y), color=colour, zorder=2,
+                       label=f"{i}  {name(r)}" + ("  (front)" if r in front else ""))
+            ax.annotate(str(i), (_ok(r, x), _ok(r, y)), xytext=(4, 4), textcoords="offset points", fontsize=8, color=colour)
         ax.set(title=f"{task} — {where}", xlabel="training time (s)", ylabel="final validation loss")
-        ax.legend(fontsize=7)
+        legend_outside(ax, fontsize=7, title="red: on the front")
     fig.tight_layout()
     (task, where), (front, group) = max(fronts.items(), key=lambda kv: len(kv[1][1]))
     fast, good = front[0], front[-1]
@@ -380,108 +335,15 @@ def pareto(records: Sequence[dict], x: str = "train_time_s", y: str = "final_val
     return fig, sentence + "."
 
 
-# ---- HTML pages ----------------------------------------------------------------------------------------------
-
-# The lab template without the scripts it would fetch from a CDN (require.js, MathJax, Mermaid, the widget
-# manager): plots are embedded PNGs, so a page shows everything offline. The stamp opens the body.
-OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
-{%- block html_head_js -%}{%- endblock html_head_js -%}
-{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block body_header -%}{{ super() }}{{ resources.labkit_stamp }}{%- endblock body_header -%}
-"""
-STAMP_STYLE = "padding:8px 12px;margin-bottom:8px;background:#eef;font-family:sans-serif;font-size:13px"
-
-
-def environment_line(record: dict | None, profile_records: Sequence[dict] = ()) -> str:
-    """Where and when a page's run ran; for a page without a record (the report notebook), the records it read."""
-    if record:
-        env = record.get("env", {})
-        parts = [results.device_label(env)]
-        if env.get("device") == "cuda":
-            parts.append(f"CUDA {env.get('cuda')}, driver {env.get('driver') or '?'}")
-        parts += [f"torch {env.get('torch')}", f"transformers {env.get('transformers')}", f"python {env.get('python')}",
-                  f"host {env.get('host')}"]
-        if env.get("slurm_job_id"):
-            parts.append(f"SLURM job {env['slurm_job_id']}")
-        parts += [str(record.get("run", {}).get("finished") or env.get("date")), f"status {record.get('status')}"]
-        return " · ".join(parts)
-    import torch
-    import transformers
-
-    where = ", ".join(sorted({device(r) for r in profile_records})) or "no records"
-    return (f"reads {len(profile_records)} results records ({where}) · built {time.strftime('%Y-%m-%d %H:%M:%S')} on "
-            f"{platform.node()} · torch {torch.__version__} · transformers {transformers.__version__} · "
-            f"python {platform.python_version()}")
-
-
-def _write(path: Path, text: str) -> None:
-    """Atomic: a report built beside another (two run-alls) never leaves half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the pages from a web server or a course's shared folder
-    os.replace(tmp, path)
-
-
-def build(profile: str, runs_dir: Path = results.RUNS_DIR, out_dir: Path | None = None) -> Path:
-    """Convert every executed notebook of a profile to an HTML page and write an index linking them."""
-    import jinja2
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    runs_dir = Path(runs_dir)
-    out_dir = Path(out_dir or ROOT / "reports" / profile)
-    exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"labkit_offline.html.j2": OFFLINE_TEMPLATE})],
-                            template_file="labkit_offline.html.j2")
-    profile_records = collect(profile, runs_dir)
-    entries = []
-    for nb_path in sorted((runs_dir / profile).glob("*/*.ipynb")):
-        record = results.read(nb_path.with_suffix(""))
-        line = environment_line(record, profile_records)
-        stamp = f'<div class="labkit-environment" style="{STAMP_STYLE}">{html.escape(line)}</div>'
-        body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4), resources={"labkit_stamp": stamp})
-        target = out_dir / nb_path.parent.name / f"{nb_path.stem}.html"
-        _write(target, body)
-        entries.append((nb_path.parent.name, nb_path.stem, target.relative_to(out_dir).as_posix(),
-                        record.get("status") if record else "no record", line))
-    _write(out_dir / "index.html", _index(profile, entries, profile_records))
-    return out_dir / "index.html"
-
-
-def _index(profile: str, entries: list[tuple], profile_records: Sequence[dict]) -> str:
-    counts = Counter(status for *_, status, _ in entries)
-    env_html = environments(profile_records).to_html() if profile_records else "<p>No results records.</p>"
-    rows = "\n".join(f'<tr class="{html.escape(status)}"><td>{html.escape(nb)}</td><td><a href="{html.escape(href)}">'
-                     f"{html.escape(config)}</a></td><td>{html.escape(status)}</td><td>{html.escape(line)}</td></tr>"
-                     for nb, config, href, status, line in entries)
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>labkit reports: {html.escape(profile)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 12px;text-align:left;vertical-align:top}}
-tr.skipped,tr.oom,tr.failed,tr.running{{color:#8a3b00}} table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f8}}</style>
-</head><body><h1>labkit reports — profile {html.escape(profile)}</h1>
-<p>Built {time.strftime('%Y-%m-%d %H:%M:%S')}: {len(entries)} executed notebooks ({html.escape(', '.join(f'{n} {s}' for s, n in sorted(counts.items())))}).
-Figures of the smoke profile come from CPU runs: they show that a lab runs, not how fast a GPU is.</p>
-<h2>Where the runs ran</h2>
-{env_html}
-<h2>Executed notebooks</h2>
-<table><tr><th>notebook</th><th>configuration</th><th>status</th><th>where and when it ran</th></tr>
-{rows}
-</table></body></html>
-"""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="smoke")
-    parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
-    parser.add_argument("--out-dir", help="default: reports/<profile>")
-    args = parser.parse_args(argv)
-    index = build(args.profile, Path(args.runs_dir), Path(args.out_dir) if args.out_dir else None)
-    print(f"reports: {index}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def spread(records: Sequence[dict]) -> pd.DataFrame | None:
+    """Per finished run: the median step and its interquartile range, the mean step, and a flag where the mean
+    is far above the median (a few slow steps, e.g. another job on the machine, set its samples/s)."""
+    rows = []
+    for r in records:
+        s = results.step_spread(r) if r.get("status") == "ok" else None
+        if s:
+            rows.append({"run": name(r), "device": device(r), "median step (ms)": s["median_ms"],
+                         "IQR (ms)": s["iqr_ms"], "mean step (ms)": s["mean_ms"], "steps": s["steps"],
+                         "mean / median": s["mean_ms"] / s["median_ms"],
+                         "flag": "mean far above median: a few slow steps" if s["skewed"] else ""})
+    return pd.DataFrame(rows).set_index("run") if rows else _none("No step times in these records.")

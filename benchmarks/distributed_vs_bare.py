@@ -1,0 +1,172 @@
+"""labkit's data-parallel configurations and the bare torchrun loops side by side, on one machine, one CSV.
+
+    python benchmarks/distributed_vs_bare.py --out docs/measured/2xH200-distributed.csv
+
+Every row is a notebook 05 configuration run by ``labkit.run`` in a process of its own (the notebook's
+own call: in-process for one device and DataParallel, through labkit's launcher for ddp, fsdp and
+deepspeed), beside the bare loop of the same strategy (``benchmarks/bare_distributed.py``, run with
+torchrun on labkit's own first batches). Columns:
+
+* ``samples_per_s``: labkit's steady-state figure from its results record; ``bare_samples_per_s``: the
+  bare loop's; ``vs_bare``: their ratio.
+* ``scaling_efficiency``: samples/s over (devices x labkit's own one-GPU in-process samples/s);
+  ``bare_scaling_efficiency``: the same for the bare loops, against the bare one-GPU loop.
+* ``peak_allocated_gb``: labkit's peak allocated memory on the fullest GPU (steady state).
+
+``--variant ROW:key=value,...`` adds a row: row ROW (single, ddp1, ddp, ...) again with those overrides (e.g. one
+instrument switched off), so that what each instrument costs is read off rows measured in the same call.
+A configuration this machine cannot run (too few GPUs, DeepSpeed missing) is a row with its status.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NOTEBOOK = "05_ddp_fsdp"
+BARE_INPUT = "params/01_baseline_bert_squad/baseline_bf16.yaml"  # the same generated SQuAD features as notebook 05's
+COLUMNS = ["configuration", "devices", "samples_per_s", "bare_samples_per_s", "vs_bare", "scaling_efficiency",
+           "peak_allocated_gb", "bare_scaling_efficiency", "status"]
+
+
+@dataclass
+class Row:
+    key: str  # for --only and --variant
+    name: str  # as the CSV shows it
+    config: str  # params/05_ddp_fsdp/<config>.yaml
+    bare: str | None  # bare_distributed.py --strategy for the same work, or None (no bare equivalent)
+    overrides: dict = field(default_factory=dict)
+
+
+ROWS = [
+    Row("single", "single (1 GPU, in-process)", "single", "none"),
+    Row("ddp1", "ddp 1 GPU (through the launcher)", "ddp", "none", {"train.devices": 1}),
+    Row("ddp", "ddp", "ddp", "ddp"),
+    Row("fsdp", "fsdp", "fsdp", "fsdp"),
+    Row("dp", "dp (DataParallel)", "dp", None),
+    Row("deepspeed", "deepspeed ZeRO-2", "deepspeed", None),
+]
+
+
+def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float) -> dict:
+    """One configuration through labkit.run in a fresh Python process; returns its results record."""
+    overrides = {**common, **row.overrides}
+    code = ("import json, sys, labkit\n"
+            f"r = labkit.run('params/{NOTEBOOK}/{row.config}.yaml', 'gpu', {overrides!r}, runs_dir={str(runs_dir)!r})\n"
+            "print('LABKIT_RESULT ' + json.dumps({'status': r['status'], 'error': r.get('error'), "
+            "'summary': r['summary']}), flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    for line in out.stdout.splitlines():
+        if line.startswith("LABKIT_RESULT "):
+            return json.loads(line.removeprefix("LABKIT_RESULT "))
+    last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"status": "failed", "error": last[0], "summary": {}}
+
+
+def run_bare(strategy: str, devices: int, args: argparse.Namespace) -> dict:
+    """bare_distributed.py under torchrun; returns its JSON line."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+            str(HERE / "bare_distributed.py"), "--strategy", strategy, "--batches-from", BARE_INPUT,
+            "--warmup", str(args.bare_warmup), "--steps", str(args.bare_steps)]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout_s)
+    for line in out.stdout.splitlines():
+        if line.startswith('{"bench": "bare_distributed"'):
+            return json.loads(line)
+    raise RuntimeError(f"bare {strategy} on {devices} GPU(s) printed no result:\n{out.stderr[-3000:]}")
+
+
+def parse_variant(text: str) -> Row:
+    """'ddp:measure.nvtx=false,measure.profile_steps=0' -> row ddp again with those overrides."""
+    key, _, pairs = text.partition(":")
+    base = next((r for r in ROWS if r.key == key), None)
+    if base is None or not pairs:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected ROW:key=value,... with ROW one of "
+                                         f"{[r.key for r in ROWS]}")
+    overrides = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs.split(","))}
+    label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
+    return Row(f"{base.key}+{label}", f"{base.name} [{label}]", base.config, base.bare, {**base.overrides, **overrides})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "measured" / "distributed.csv")
+    p.add_argument("--only", nargs="*", help=f"rows to run, of {[r.key for r in ROWS]}")
+    p.add_argument("--variant", action="append", type=parse_variant, default=[],
+                   help="ROW:key=value,... — that row again with these overrides")
+    # Long enough for steady state on 2 GPUs (150 optimizer steps, 20 of them warm-up), short enough for
+    # every row and its bare loop in a few minutes.
+    p.add_argument("--train-examples", type=int, default=9600)
+    p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--bare-warmup", type=int, default=20)
+    p.add_argument("--bare-steps", type=int, default=100)
+    p.add_argument("--timeout-s", type=float, default=600)
+    p.add_argument("--log", type=Path, help="also write every result as JSON lines here")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from labkit.config import load
+
+    gpus = torch.cuda.device_count()
+    common = {"data.train_examples": args.train_examples, "train.max_steps": args.max_steps}
+    rows = [r for r in ROWS if args.only is None or r.key in args.only] + args.variant
+    log = args.log.open("a") if args.log else None
+    bare: dict[tuple[str, int], dict] = {}
+    runs_dir = Path(tempfile.mkdtemp(prefix="labkit-distributed-"))
+    measured: list[tuple[Row, dict]] = []
+    for row in rows:
+        start = time.monotonic()
+        record = run_labkit(row, common, runs_dir, args.timeout_s)
+        s = record["summary"]
+        devices = load(f"params/{NOTEBOOK}/{row.config}.yaml", "gpu", {**common, **row.overrides}).train.devices
+        print(f"{row.name}: {record['status']} {s.get('samples_per_s', float('nan')):.1f} samples/s "
+              f"({time.monotonic() - start:.0f} s){'' if record['status'] == 'ok' else ' ' + str(record['error'])}",
+              flush=True)
+        if row.bare and (row.bare, devices) not in bare and devices <= max(gpus, 1):
+            bare[(row.bare, devices)] = run_bare(row.bare, 1 if row.bare == "none" else devices, args)
+            print(f"  bare {row.bare} x{devices}: {bare[(row.bare, devices)]['samples_per_s']} samples/s", flush=True)
+        measured.append((row, {**record, "devices": devices}))
+        if log:
+            log.write(json.dumps({"row": row.name, "overrides": {**common, **row.overrides}, **record,
+                                  "bare": bare.get((row.bare, devices))}) + "\n")
+            log.flush()
+
+    one = next((r["summary"].get("samples_per_s") for row, r in measured if row.key == "single"), None)
+    bare_one = bare.get(("none", 1), {}).get("samples_per_s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        for row, r in measured:
+            rate, devices = r["summary"].get("samples_per_s"), r["devices"]
+            ref = bare.get((row.bare, devices), {}).get("samples_per_s") if row.bare else None
+            writer.writerow({
+                "configuration": row.name, "devices": devices, "status": r["status"],
+                "samples_per_s": _round(rate, 1), "bare_samples_per_s": ref,
+                "vs_bare": _round(rate / ref, 3) if rate and ref else None,
+                "scaling_efficiency": _round(rate / (devices * one), 3) if rate and one else None,
+                "peak_allocated_gb": _round(r["summary"].get("peak_allocated_gb"), 2),
+                "bare_scaling_efficiency": _round(ref / (devices * bare_one), 3) if ref and bare_one else None,
+            })
+    print(f"wrote {args.out}")
+    print(args.out.read_text())
+    return 0
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
