@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run-all test lab report hand-in grade slurm bench clean
+.PHONY: setup run-all test lab report hand-in grade slurm bench nsys clean
 setup: $(STAMP)
 
 # Reinstalls only when the dependency list changes, so a second `make setup` does nothing.
@@ -53,6 +53,11 @@ slurm: setup
 # Throughput of the fast paths against the baselines (PROFILE=bench on a GPU; smoke checks it runs).
 bench: setup
 	$(PY) -m labkit.bench --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+
+# Nsight Systems timeline of one configuration, NVTX phase ranges and CUDA memory use included (nsys on the PATH):
+#   make nsys CONFIG=params/02_dataloader_workers/workers_2.yaml PROFILE=gpu   -> runs/gpu/nsys/<notebook>_<config>.nsys-rep
+nsys: setup
+	$(PY) -m labkit.timeline --config $(CONFIG) --profile $(PROFILE)
 
 clean:
 	rm -rf runs reports

@@ -13,8 +13,11 @@ torchrun on labkit's own first batches). Columns:
   ``bare_scaling_efficiency``: the same for the bare loops, against the bare one-GPU loop.
 * ``peak_allocated_gb``: labkit's peak allocated memory on the fullest GPU (steady state).
 
-``--variant ROW:key=value,...`` adds a row: row ROW (single, ddp1, ddp, ...) again with those overrides (e.g. one
-instrument switched off), so that what each instrument costs is read off rows measured in the same call.
+Rows are named on the command line and run in that order (default: every row of ROWS); ``ROW:key=value,...``
+is row ROW again with those overrides (e.g. one instrument switched off), so that what each instrument costs
+is read off rows measured on the same machine start:
+
+    python benchmarks/distributed_vs_bare.py single ddp ddp:measure.profile_steps=0 fsdp --out distributed.csv
 A configuration this machine cannot run (too few GPUs, DeepSpeed missing) is a row with its status.
 """
 from __future__ import annotations
@@ -42,7 +45,7 @@ COLUMNS = ["configuration", "devices", "samples_per_s", "bare_samples_per_s", "v
 
 @dataclass
 class Row:
-    key: str  # for --only and --variant
+    key: str  # as rows are named on the command line
     name: str  # as the CSV shows it
     config: str  # params/05_ddp_fsdp/<config>.yaml
     bare: str | None  # bare_distributed.py --strategy for the same work, or None (no bare equivalent)
@@ -86,13 +89,14 @@ def run_bare(strategy: str, devices: int, args: argparse.Namespace) -> dict:
     raise RuntimeError(f"bare {strategy} on {devices} GPU(s) printed no result:\n{out.stderr[-3000:]}")
 
 
-def parse_variant(text: str) -> Row:
-    """'ddp:measure.nvtx=false,measure.profile_steps=0' -> row ddp again with those overrides."""
+def parse_row(text: str) -> Row:
+    """'ddp' -> row ddp; 'ddp:measure.nvtx=false,measure.profile_steps=0' -> row ddp with those overrides."""
     key, _, pairs = text.partition(":")
     base = next((r for r in ROWS if r.key == key), None)
-    if base is None or not pairs:
-        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected ROW:key=value,... with ROW one of "
-                                         f"{[r.key for r in ROWS]}")
+    if base is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROW or ROW:key=value,... with ROW one of {[r.key for r in ROWS]}")
+    if not pairs:
+        return base
     overrides = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs.split(","))}
     label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
     return Row(f"{base.key}+{label}", f"{base.name} [{label}]", base.config, base.bare, {**base.overrides, **overrides})
@@ -101,9 +105,8 @@ def parse_variant(text: str) -> Row:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "measured" / "distributed.csv")
-    p.add_argument("--only", nargs="*", help=f"rows to run, of {[r.key for r in ROWS]}")
-    p.add_argument("--variant", action="append", type=parse_variant, default=[],
-                   help="ROW:key=value,... — that row again with these overrides")
+    p.add_argument("rows", nargs="*", type=parse_row,
+                   help=f"ROW or ROW:key=value,..., run in this order; ROW one of {[r.key for r in ROWS]} (default: all)")
     # Long enough for steady state on 2 GPUs (150 optimizer steps, 20 of them warm-up), short enough for
     # every row and its bare loop in a few minutes.
     p.add_argument("--train-examples", type=int, default=9600)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gpus = torch.cuda.device_count()
     common = {"data.train_examples": args.train_examples, "train.max_steps": args.max_steps}
-    rows = [r for r in ROWS if args.only is None or r.key in args.only] + args.variant
+    rows = args.rows or ROWS
     log = args.log.open("a") if args.log else None
     bare: dict[tuple[str, int], dict] = {}
     runs_dir = Path(tempfile.mkdtemp(prefix="labkit-distributed-"))
@@ -141,11 +144,16 @@ def main(argv: list[str] | None = None) -> int:
             log.write(json.dumps({"row": row.name, "overrides": {**common, **row.overrides}, **record,
                                   "bare": bare.get((row.bare, devices))}) + "\n")
             log.flush()
+        write_csv(args.out, measured, bare)  # after every row: a run stopped part-way keeps what it measured
+    print(args.out.read_text())
+    return 0
 
+
+def write_csv(path: Path, measured: list[tuple[Row, dict]], bare: dict[tuple[str, int], dict]) -> None:
     one = next((r["summary"].get("samples_per_s") for row, r in measured if row.key == "single"), None)
     bare_one = bare.get(("none", 1), {}).get("samples_per_s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as f:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         for row, r in measured:
@@ -159,9 +167,6 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_allocated_gb": _round(r["summary"].get("peak_allocated_gb"), 2),
                 "bare_scaling_efficiency": _round(ref / (devices * bare_one), 3) if ref and bare_one else None,
             })
-    print(f"wrote {args.out}")
-    print(args.out.read_text())
-    return 0
 
 
 def _round(value: float | None, digits: int) -> float | None:

@@ -1,8 +1,10 @@
 """Run configurations one after another, as a notebook runs each (``labkit.run``), and time each end to end.
 
     python benchmarks/time_configs.py --profile gpu --out runs.csv params/07_t5_model_parallel/*_2gpu.yaml
+    python benchmarks/time_configs.py --set train.max_steps=300 --out runs.csv params/01_baseline_bert_squad/baseline_bf16.yaml
 
-Each configuration runs in a Python process of its own, so the wall time includes everything a notebook's
+Run it from the kit's root (the one whose labkit is imported). Each configuration runs in a Python process
+of its own, so the wall time includes everything a notebook's
 run cell costs: imports, data and tokenizer, model set-up, the launcher's processes, training, validation
 and generation. One CSV row per configuration, written as soon as it finishes.
 """
@@ -17,20 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import yaml
+
 COLUMNS = ["config", "status", "wall_s", "train_time_s", "samples_per_s", "peak_allocated_gb", "per_gpu_gb",
            "final_val_loss", "accuracy", "error"]
 
 
-def run(params_file: str, profile: str, runs_dir: Path, timeout_s: float) -> dict:
+def run(params_file: str, profile: str, overrides: dict, runs_dir: Path, timeout_s: float) -> dict:
     """labkit.run in a fresh process; the summary fields of COLUMNS, the status and the wall time."""
     code = ("import json, labkit\n"
-            f"r = labkit.run({params_file!r}, {profile!r}, runs_dir={str(runs_dir)!r})\n"
+            f"r = labkit.run({params_file!r}, {profile!r}, {overrides!r}, runs_dir={str(runs_dir)!r})\n"
             "s = r['summary']\n"
             "print('LABKIT_RESULT ' + json.dumps({'status': r['status'], 'error': r.get('error'), **s}), flush=True)\n")
     start = time.monotonic()
     try:
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"status": "timed out", "wall_s": timeout_s, "error": f"still running after {timeout_s:.0f} s"}
     wall = time.monotonic() - start
@@ -47,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="gpu")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout-s", type=float, default=600, help="for each configuration")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every configuration")
     args = p.parse_args(argv)
+    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.set)}
 
     runs_dir = Path(tempfile.mkdtemp(prefix="labkit-timed-"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for params_file in args.params:
-            r = run(params_file, args.profile, runs_dir, args.timeout_s)
+            r = run(params_file, args.profile, overrides, runs_dir, args.timeout_s)
             per_gpu = [r[k] for k in sorted(r) if k.startswith("peak_allocated_gb_gpu")]
             row = {"config": Path(params_file).stem, **r, "per_gpu_gb": " / ".join(f"{v:.2f}" for v in per_gpu)}
             row = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}

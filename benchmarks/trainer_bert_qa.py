@@ -1,4 +1,4 @@
-"""The Hugging Face Trainer on BERT-QA: the yardstick for labkit's fast path (issue 8).
+"""The Hugging Face Trainer on BERT-QA: the yardstick for labkit's fast path.
 
 The same model and the same input as a labkit run of the params file and profile: labkit builds the task
 (BERT architecture with random weights, SQuAD features padded to max_length, so the same real tokens

@@ -33,6 +33,7 @@ NOTEBOOK_TASKS = {
     "05_ddp_fsdp": ("bert_squad",),
     "06_lora_optimizer_sweep": ("gpt2_sft",),
     "07_t5_model_parallel": ("t5_qa",),
+    "09_simcls": ("simcls",),
 }
 
 
@@ -103,6 +104,9 @@ class DataConfig(_Section):
     # questions only, one example per given answer, context before question, cut at max_length, no stride
     # (the original lab 01/05 preparation, scored by its loss)
     squad_examples: Literal["windows", "one_per_answer"] = "windows"
+    # gpt2_sft: pairs = prompt/response, the loss on the response; dialogue_windows = whole dialogues joined (each
+    # ended by end-of-text) and cut into random max_length-token windows, the loss on every token (the original lab 06)
+    sft_format: Literal["pairs", "dialogue_windows"] = "pairs"
     # t5_qa GSM8K target: the worked solution, or the final number alone (the original lab 07's target)
     gsm8k_target: Literal["solution", "final_number"] = "solution"
     drop_duplicate_contexts: bool = False  # t5_qa bioqa: one question per distinct context (the original lab 07)
@@ -150,6 +154,9 @@ class ModelConfig(_Section):
     # off; full: every block; selective: every checkpoint_every-th block; stage_and_conv (ResNeXt): each stage,
     # every convolution inside its blocks and the final linear layer, as the original lab 04 wrapped them
     checkpointing: Literal["off", "full", "selective", "stage_and_conv"] = "off"
+    # ResNeXt's initial weights: PyTorch's layer defaults, or kaiming_uniform_ (ReLU gain) on every convolution and
+    # linear weight, as the original lab 02-04 initialised them
+    init: Literal["pytorch", "kaiming_uniform"] = "pytorch"
     checkpoint_every: int = Field(2, gt=0)  # selective: checkpoint every k-th block
     channels_last: bool = False
     compile: bool = False
@@ -197,6 +204,9 @@ class TrainConfig(_Section):
     seed: int = 0
     eval_every_epoch: bool = True
     eval_every_steps: int | None = Field(None, gt=0)  # also validate every this many optimizer steps
+    # Keep the weights of the lowest validation loss and end the run with them (its test loss, where the task has a
+    # test set, is theirs), as the original lab 07's ModelCheckpoint(monitor="val_loss", save_top_k=1) did
+    keep_best: bool = False
     eval_batches: int | None = Field(None, gt=0)  # cap on validation batches (None: all)
     log_every: int = Field(10, gt=0)
 
@@ -221,6 +231,9 @@ class TrainConfig(_Section):
         if s == "dp" and (self.accelerator == "cpu" or self.num_nodes > 1):
             raise ValueError("train.strategy 'dp' is DataParallel: one process driving several GPUs of one machine; "
                              "on a CPU or over several nodes use strategy 'ddp'")
+        if self.keep_best and s == "fsdp":
+            raise ValueError("train.keep_best copies the model's weights, which train.strategy 'fsdp' shards over the ranks: "
+                             "use strategy ddp or deepspeed, or set train.keep_best: false")
         if s == "fsdp" and self.precision == "16-mixed":
             raise ValueError("train.strategy 'fsdp' (FSDP2 in Fabric) has no fp16 gradient scaling: "
                              "use precision bf16-mixed, bf16-true, tf32 or 32")
@@ -276,7 +289,9 @@ class Config(_Section):
         only = {"model.checkpointing 'stage_and_conv'": (self.model.checkpointing == "stage_and_conv", "cifar_resnext"),
                 "data.squad_examples 'one_per_answer'": (self.data.squad_examples == "one_per_answer", "bert_squad"),
                 "data.gsm8k_target 'final_number'": (self.data.gsm8k_target == "final_number", "t5_qa"),
-                "data.drop_duplicate_contexts": (self.data.drop_duplicate_contexts, "t5_qa")}
+                "data.drop_duplicate_contexts": (self.data.drop_duplicate_contexts, "t5_qa"),
+                "model.init 'kaiming_uniform'": (self.model.init == "kaiming_uniform", "cifar_resnext"),
+                "data.sft_format 'dialogue_windows'": (self.data.sft_format == "dialogue_windows", "gpt2_sft")}
         for option, (used, task) in only.items():
             if used and self.task != task:
                 raise ValueError(f"{option} applies to task '{task}' only, not '{self.task}': remove it")

@@ -120,7 +120,7 @@ def probe(cfg: Config, task: Task, batch: int, budget_gb: float | None) -> dict:
     raw = cfg.model_dump()
     raw["train"].update(batch_size=batch, global_batch_size=None, max_steps=warmup + timed, epochs=1, grad_accum=1,
                         eval_batches=1, log_every=warmup + timed)
-    raw["measure"].update(warmup_steps=warmup)
+    raw["measure"].update(warmup_steps=warmup, profile_steps=0)  # a probe measures memory and speed, no profile
     probe_cfg = Config.model_validate(raw)
     saved = None if cuda else SavedActivations()
     probe_task = dataclasses.replace(

@@ -46,6 +46,10 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
             return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
+    # DeepSpeed's ZeRO optimizer is not a torch Optimizer: schedule the torch optimizer it steps, whose
+    # parameter groups (learning rate included) are the ones ZeRO updates.
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 

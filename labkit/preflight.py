@@ -37,7 +37,8 @@ def uses_cuda(cfg: Config) -> bool:
 
 # The model family of each task, whose PRESETS name the sizes model.preset may take.
 MODEL_FAMILIES = {"bert_squad": "labkit.models.bert", "cifar_resnext": "labkit.models.resnext",
-                  "gpt2_sft": "labkit.models.gpt2", "t5_qa": "labkit.models.t5"}
+                  "gpt2_sft": "labkit.models.gpt2", "t5_qa": "labkit.models.t5",
+                  "simcls": "labkit.models.roberta"}
 
 
 def setting_conflicts(cfg: Config) -> list[str]:
@@ -56,6 +57,9 @@ def setting_conflicts(cfg: Config) -> list[str]:
                         "split over its GPUs: use train.strategy ddp, or data.padding dynamic")
     if cfg.task == "t5_qa" and d.dataset not in ("gsm8k", "bioqa"):
         problems.append(f"task t5_qa needs data.dataset gsm8k or bioqa (it is {d.dataset!r}): set it in the params file")
+    if cfg.task == "simcls" and cfg.simcls.generator.preset not in (t5 := importlib.import_module("labkit.models.t5").PRESETS):
+        problems.append(f"simcls.generator.preset {cfg.simcls.generator.preset!r} is not a size of the T5 generator: "
+                        f"choose one of {sorted(t5)}")
     if m.split_devices > 1 and t.devices * t.num_nodes > 1:
         problems.append("model.split_devices places one model over several GPUs in one process; it does not combine "
                         "with train.devices x num_nodes > 1 (data parallel): set one of them to 1")
@@ -88,11 +92,17 @@ def unavailable_reason(cfg: Config, cuda: bool) -> str | None:
         if cfg.model.split_devices > visible:
             return (f"model.split_devices is {cfg.model.split_devices}: the layer-split model needs that many GPUs "
                     f"and {visible} are visible")
-    elif t.devices > 2 * (cores := len(os.sched_getaffinity(0))):
-        # CPU ranks (gloo) oversubscribed beyond two per core measure nothing but each other's waiting.
-        return (f"train.devices is {t.devices} and this process may use {cores} CPU core(s): set train.devices to at "
-                f"most {2 * cores} for CPU ranks, or run on GPUs")
     return None
+
+
+CPU_INSTRUCTIONS = {"bf16": "AVX512-BF16 or AMX", "fp16": "AMX-FP16"}
+
+
+def cpu_multiplies(dtype: str) -> bool:
+    """Whether this CPU has instructions for ``dtype`` ('bf16' or 'fp16') arithmetic. Without them PyTorch converts
+    to fp32 and back around every operation: bf16 autocast ran about 5x slower than fp32 on an AVX2-only CPU."""
+    checks = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"), "fp16": ("_is_amx_fp16_supported",)}[dtype]
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def cpu_reason(cfg: Config) -> str | None:
@@ -100,8 +110,15 @@ def cpu_reason(cfg: Config) -> str | None:
     t = cfg.train
     if t.accelerator == "cuda":
         return "accelerator is 'cuda' and no GPU is visible"
-    if t.precision in ("tf32", "16-mixed", "bf16-mixed", "bf16-true"):
-        return f"precision {t.precision} is a GPU setting; a CPU figure would say nothing about it"
+    # bf16 and fp16 autocast and bf16 weights run on a CPU that multiplies them natively: the dtypes, memory and
+    # losses they change show there, though their speed says nothing about a GPU's. TF32 does not exist on a CPU.
+    if t.precision == "tf32":
+        return ("precision tf32 is a mode of NVIDIA tensor cores; a CPU computes fp32 as fp32, so this run would "
+                "repeat the fp32 one")
+    low = {"16-mixed": "fp16", "bf16-mixed": "bf16", "bf16-true": "bf16"}.get(t.precision)
+    if low and not cpu_multiplies(low):
+        return (f"precision {t.precision}: this CPU has no {low} instructions ({CPU_INSTRUCTIONS[low]}), so PyTorch would "
+                f"emulate {low}, several times slower than fp32; notebook 03 shows what autocast changes on any CPU")
     if cfg.data.on_gpu:
         return "data.on_gpu holds the data set in GPU memory"
     if t.strategy in ("dp", "deepspeed"):  # fsdp runs on CPUs too (FSDP2 over gloo)
@@ -110,8 +127,16 @@ def cpu_reason(cfg: Config) -> str | None:
         return "launch.backend nccl is NVIDIA's GPU library; CPUs use gloo"
     if t.fused:
         return "fused optimizer kernels are CUDA kernels"
+    if cfg.model.compile:
+        return ("model.compile on a CPU generates CPU code for minutes, which says nothing about the GPU kernels "
+                "it would generate")
     if cfg.model.split_devices > 1:
-        return "model parallel over GPUs needs GPUs"
+        return (f"model.split_devices is {cfg.model.split_devices}: the layer split needs GPUs, and PyTorch sees a CPU "
+                "as one device, so a split over it would move nothing (notebook 07 shows the split on a CPU)")
+    if t.devices > 2 * (cores := len(os.sched_getaffinity(0))):
+        # CPU ranks (gloo) oversubscribed beyond two per core measure nothing but each other's waiting.
+        return (f"train.devices is {t.devices} and this process may use {cores} CPU core(s): set train.devices to at "
+                f"most {2 * cores} for CPU ranks, or run on GPUs")
     return None
 
 

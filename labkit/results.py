@@ -194,7 +194,8 @@ def device_label(env: dict) -> str:
 
 # ---- run-to-run comparison: the one place that decides what a run is measured against --------------------
 
-TASK_NAMES = {"bert_squad": "BERT-QA / SQuAD", "cifar_resnext": "ResNeXt / CIFAR-10", "gpt2_sft": "GPT-2 SFT", "t5_qa": "T5 QA"}
+TASK_NAMES = {"bert_squad": "BERT-QA / SQuAD", "cifar_resnext": "ResNeXt / CIFAR-10", "gpt2_sft": "GPT-2 SFT", "t5_qa": "T5 QA",
+              "simcls": "SimCLS / CORD-19"}
 DATA_PARALLEL = ("dp", "ddp", "fsdp", "deepspeed")
 # A run whose mean step is this much above its median lost time to a few slow steps (another job on the
 # machine, a stall, a recompilation): its samples/s, a mean, understates what the median step shows.
@@ -308,9 +309,13 @@ def step_spread(record: dict) -> dict[str, float | bool] | None:
     """Median, interquartile range and mean of the steady-state step times (ms), and whether the mean is far
     above the median (``skewed``: a few slow steps, not the typical one, set the run's samples/s);
     None for a run without step times."""
-    steps = [s["step"] for s in record.get("curves", {}).get("steps", []) if isinstance(s.get("step"), (int, float))]
-    measure = record.get("params", {}).get("measure", {})
-    steady = steps[measure.get("warmup_steps", 0) + measure.get("profile_steps", 0):] or steps
+    steps = [s for s in record.get("curves", {}).get("steps") or [] if isinstance(s, dict) and isinstance(s.get("step"), (int, float))]
+    if any("steady" in s for s in steps):  # the loop marked its steady-state steps
+        steady = [s["step"] for s in steps if s.get("steady")]
+    else:  # the loop's rule: the warm-up and profiled steps come first
+        measure = record.get("params", {}).get("measure", {})
+        steady = [s["step"] for s in steps[measure.get("warmup_steps", 0) + measure.get("profile_steps", 0):]]
+    steady = steady or [s["step"] for s in steps]
     if len(steady) < 2:
         return None
     q1, median, q3 = statistics.quantiles(steady, n=4, method="inclusive")

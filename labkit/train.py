@@ -6,6 +6,7 @@ trace) it measures through one labkit.measure.Meter, so the loop reads as the tr
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import Any
 
 import torch
 from lightning.fabric import Fabric
+from lightning.fabric.plugins import MixedPrecision
 from lightning.fabric.plugins.environments import TorchElasticEnvironment
 from lightning.fabric.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 from torch import nn
 from torch.utils.data import DataLoader
 
+from labkit import preflight
 from labkit.config import Config, TrainConfig
 from labkit.launch import NO_MULTICAST
 from labkit.measure import Meter, progress_bar
@@ -47,9 +50,14 @@ def make_fabric(cfg: Config) -> Fabric:
         strategy = DeepSpeedStrategy(stage=t.zero_stage, process_group_backend=backend)
     # Ranks started by torchrun (labkit.launch.distributed) take rank and world size from it, also inside a SLURM job,
     # whose own variables describe srun's tasks (one per node), not the ranks.
-    plugins = [TorchElasticEnvironment()] if torch.distributed.is_torchelastic_launched() else None
+    plugins: list[Any] = [TorchElasticEnvironment()] if torch.distributed.is_torchelastic_launched() else []
+    precision: str | None = PRECISIONS[t.precision].fabric
+    if precision == "16-mixed" and not preflight.uses_cuda(cfg):
+        # Fabric would turn fp16 into bf16 on a CPU; fp16 autocast with a CPU GradScaler is what the setting means.
+        plugins.append(MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu")))
+        precision = None
     fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-                    precision=PRECISIONS[t.precision].fabric, plugins=plugins)
+                    precision=precision, plugins=plugins or None)
     fabric.launch()  # joins this rank to the process group; starts no process (labkit.launch.distributed did)
     return fabric
 
@@ -131,7 +139,7 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
     micro_steps = len(train_loader) // t.grad_accum * t.grad_accum  # per epoch: whole optimizer steps only
     total_steps = count_steps(cfg, len(train_loader), len(task.train_set))
     schedule = build_schedule(optimizer, t, total_steps)
-    step = 0
+    step, best = 0, None
     with meter.training(model, optimizer, total_steps):
         for epoch in range(t.epochs):
             model.train()
@@ -161,11 +169,39 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
                     meter.step_end(step, epoch + (micro + 1) / micro_steps)
                     if step == total_steps:
                         break
+                    epoch_ends = micro + t.grad_accum >= micro_steps and t.eval_every_epoch  # validated just below
+                    if t.eval_every_steps and step % t.eval_every_steps == 0 and not epoch_ends:
+                        with meter.validating():  # a test curve beside the training curve
+                            meter.validated(epoch + (micro + 1) / micro_steps, validate(cfg, task, model, val_loader, fabric))
+                            best = keep_if_best(t, model, meter, best)
             if t.eval_every_epoch or step == total_steps:
                 meter.validated(epoch + 1, validate(cfg, task, model, val_loader, fabric))
+                best = keep_if_best(t, model, meter, best)
             if step == total_steps:
                 break
-    return meter.result(task.flops_per_sample, **counts, global_batch=process_batch(cfg) * t.grad_accum * fabric.world_size)
+    return meter.result(task.flops_per_sample, **counts, **finish(cfg, task, model, fabric, best),
+                        global_batch=process_batch(cfg) * t.grad_accum * fabric.world_size)
+
+
+def keep_if_best(t: TrainConfig, model: nn.Module, meter: Meter, best: dict | None) -> dict | None:
+    """With train.keep_best: a host copy of the weights whenever the validation just recorded is the lowest so far."""
+    step, _, val_loss = meter.curves["val_loss"][-1]
+    if not t.keep_best or (best is not None and val_loss >= best["val_loss"]):
+        return best
+    return {"step": step, "val_loss": val_loss, "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+
+
+def finish(cfg: Config, task: Task, model: nn.Module, fabric: Fabric, best: dict | None) -> dict[str, Any]:
+    """The run ends with the best validation's weights (train.keep_best), then the test set's loss (task.test_set)."""
+    ending: dict[str, Any] = {}
+    if best is not None:
+        model.load_state_dict(best["state"])
+        ending.update(best_step=best["step"], best_val_loss=best["val_loss"])
+    if task.test_set is not None:
+        test_loader = fabric.setup_dataloaders(make_loader(cfg, task.test_set, task.collate_fn, False))
+        whole = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval_batches": None})})  # all of it
+        ending["test_loss"] = validate(whole, dataclasses.replace(task, evaluate=None), model, test_loader, fabric)["val_loss"]
+    return ending
 
 
 def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:

@@ -180,34 +180,69 @@ PartitionName={PARTITION} Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE D
 
     # -- stopping --------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Cancel every job, then end the daemons this cluster started (slurmd, slurmctld, munged last)."""
+        """Cancel every job, then end the daemons this cluster started (slurmd, slurmctld, munged last), and
+        any job process that outlived its cancelled job."""
         if any(name == "slurmctld" for name, _ in self._daemons):
             self.run("scancel", "--full", "-u", "root", check=False)
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 30
             while self.jobs_running() and time.monotonic() < deadline:
                 time.sleep(0.5)
+        left = [p for name, pid_file in self._daemons if name.startswith("slurmd") for p in _descendants(_pid(pid_file))]
         for name, pid_file in reversed(self._daemons):
-            _end(pid_file)
+            _end(_pid(pid_file))
+        for pid in left:  # slurmstepd and the job's processes, started by our slurmd
+            _end(pid)
         self._daemons.clear()
 
     def jobs_running(self) -> bool:
         return any(s in ("RUNNING", "COMPLETING", "PENDING", "CONFIGURING") for s in self.jobs().values())
 
 
-def _end(pid_file: Path) -> None:
-    """SIGTERM the daemon whose pid the file holds, SIGKILL after 10 s."""
+def _pid(pid_file: Path) -> int | None:
     try:
-        pid = int(pid_file.read_text().split()[0])
+        return int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def _descendants(pid: int | None) -> list[int]:
+    """Every process below ``pid`` (from /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid] if pid else []
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _end(pid: int | None) -> None:
+    """SIGTERM process ``pid``, SIGKILL after 10 s."""
+    if pid is None:
         return
     try:
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            os.kill(pid, 0)
+            if _ended(pid):
+                return
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie (a daemon's parent is init, which may reap it late)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def start(root: Path | None = None) -> Cluster:

@@ -188,7 +188,7 @@ def test_one_example_per_answer_context_first_with_the_original_labels():
     assert features["start_positions"][0] == features["end_positions"][0]
     assert decode(0, features["start_positions"][0], features["start_positions"][0] + 1) == "north"
     assert decode(1, features["start_positions"][1], features["end_positions"][1] + 1) == "into the lake."
-    assert decode(2, features["start_positions"][2], features["end_positions"][2]) == "xylo"
+    assert decode(2, features["start_positions"][2], features["end_positions"][2] + 1) == "xylo"  # start moved back
     # an answer cut off by truncation gets position max_length, which the loss ignores
     short = squad.prepare_answer_examples(examples[:1], tokenizer, max_length=12)
     assert short["start_positions"][1] == short["end_positions"][1] == 12
@@ -242,8 +242,9 @@ def test_gsm8k_final_number_target_and_a_held_out_twentieth():
     cfg = config.load(config.PARAMS_DIR / "07_t5_model_parallel/gsm8k_1worker_fp32.yaml", "smoke",
                       {"data.gsm8k_target": "final_number", "data.val_fraction": 0.05,
                        "data.train_examples": None, "data.val_examples": None})
-    train, val = t5_qa.load_gsm8k(cfg)
+    train, val, test = t5_qa.load_gsm8k(cfg)
     assert (len(train), len(val)) == (1900, 100)  # of the 2,000 embedded training problems
+    assert len(test) == 200  # the source's own validation split becomes the test set
     pairs = t5_qa.text_pairs("gsm8k", [{"question": "Q?", "answer": "6 x 3 = <<6*3=18>>18\n#### 1,018"}], "final_number")
     assert pairs == [("question: Q?", "1018")]
     scores = t5_qa.score("gsm8k", ["1018", "7", "#### 9"], [("", "1018"), ("", "8"), ("", "9")], [], "final_number")
@@ -256,7 +257,65 @@ def test_bioqa_keeps_one_question_per_context():
     cfg = config.load(config.PARAMS_DIR / "07_t5_model_parallel/bioqa_1worker_fp32.yaml", "smoke",
                       {"data.drop_duplicate_contexts": True, "data.val_fraction": 0.05,
                        "data.train_examples": None, "data.val_examples": None})
-    train, val = t5_qa.load_bioqa(cfg)
+    train, val, _ = t5_qa.load_bioqa(cfg)
     contexts = [e["context"] for e in train + val]
     assert len(contexts) == len(set(contexts))
     assert len(val) == math.ceil(0.05 * len(contexts))
+
+
+# ---- the loop: a test curve every eval_every_steps ---------------------------------------------------------
+
+
+def test_eval_every_steps_validates_inside_epochs_outside_the_steady_state():
+    from torch.utils.data import TensorDataset
+
+    from labkit.tasks import Task
+    from labkit.train import fit, make_fabric
+
+    cfg = config.Config.model_validate({"task": "cifar_resnext", "measure": {"warmup_steps": 1}, "train": {
+        "epochs": 2, "batch_size": 16, "lr": 0.05, "optimizer": "sgd", "eval_every_steps": 3, "log_every": 1}})
+    g = torch.Generator().manual_seed(0)
+    data = lambda n: TensorDataset(torch.randn(n, 8, generator=g), torch.randint(0, 2, (n,), generator=g))  # noqa: E731
+    task = Task(model=torch.nn.Linear(8, 2), train_set=data(128), val_set=data(32))
+    out = fit(cfg, task, make_fabric(cfg))
+    # 8 steps an epoch: every third step counts from the start of training; each epoch's end validates too
+    assert [step for step, *_ in out["curves"]["val_loss"]] == [3, 6, 8, 9, 12, 15, 16]
+    assert [epoch for _, epoch, _ in out["curves"]["val_loss"]][:2] == [0.375, 0.75]
+    assert out["summary"]["steps"] == 16 and out["summary"]["steady_state"]
+
+
+def test_keep_best_ends_with_the_best_validation_weights_and_tests_them():
+    from torch.utils.data import TensorDataset
+
+    from labkit.tasks import Task
+    from labkit.train import fit, make_fabric, validate
+
+    g = torch.Generator().manual_seed(0)
+    data = lambda n: TensorDataset(torch.randn(n, 8, generator=g), torch.randint(0, 2, (n,), generator=g))  # noqa: E731
+    # a learning rate far too high: validation loss rises after the first epochs, as in the original 5-epoch run
+    cfg = config.Config.model_validate({"task": "cifar_resnext", "measure": {"warmup_steps": 1}, "train": {
+        "epochs": 6, "batch_size": 16, "lr": 3.0, "optimizer": "sgd", "keep_best": True, "log_every": 4}})
+    task = Task(model=torch.nn.Linear(8, 2), train_set=data(64), val_set=data(32), test_set=data(48))
+    fabric = make_fabric(cfg)
+    out = fit(cfg, task, fabric)
+    s, losses = out["summary"], [loss for *_, loss in out["curves"]["val_loss"]]
+    assert s["best_val_loss"] == min(losses) and s["best_step"] == 4 * (losses.index(min(losses)) + 1)
+    assert s["best_step"] < s["steps"]  # the run went past its best validation, so restoring it shows
+    val_loader = fabric.setup_dataloaders(torch.utils.data.DataLoader(task.val_set, batch_size=16))
+    assert validate(cfg, task, task.model, val_loader, fabric)["val_loss"] == pytest.approx(min(losses))  # the best weights
+    assert s["test_loss"] > 0
+    with pytest.raises(ConfigError, match="keep_best"):
+        config.load(config.PARAMS_DIR / "07_t5_model_parallel/gsm8k_fsdp_2gpu.yaml", "smoke", {"train.keep_best": True})
+
+
+def test_kaiming_uniform_init_draws_the_original_weights():
+    from labkit.models import resnext
+
+    torch.manual_seed(0)
+    model, info = resnext.build(ModelConfig(preset="tiny", init="kaiming_uniform"))
+    conv = model.blocks[0].conv2
+    bound = math.sqrt(6 / (conv.in_channels // conv.groups * 9))  # kaiming_uniform_, ReLU gain sqrt(2)
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound
+    default, _ = resnext.build(ModelConfig(preset="tiny"))
+    assert default.blocks[0].conv2.weight.abs().max() < 0.6 * bound  # PyTorch's a=sqrt(5): a bound sqrt(3) times smaller
+    assert "kaiming_uniform" in info["weights_source"]

@@ -63,14 +63,14 @@ def test_presets_and_errors():
 def test_optimizer_factory_uses_the_given_hyper_parameters(name):
     cfg = TrainConfig(optimizer=name, lr=0.02, weight_decay=0.1, momentum=0.8, betas=(0.9, 0.95))
     opt = build_optimizer(tiny(), cfg)
-    expected = {"adamw": torch.optim.AdamW}.get(name, torch.optim.SGD)
+    expected = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(name, torch.optim.SGD)
     assert type(opt) is expected
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
     for group in opt.param_groups:
         assert group["lr"] == 0.02
-        if name == "adamw":
+        if name in ("adamw", "adam"):
             assert group["betas"] == (0.9, 0.95)
         else:
             assert group["momentum"] == {"sgd": 0.0, "sgd_momentum": 0.8, "nesterov": 0.8}[name]

@@ -84,14 +84,14 @@ def test_budget_decides_on_a_cpu():
     assert memory.probe(cfg, task, 8, budget_gb=15 * per_sample / 1e9)["status"] == "ok"
 
 
-def test_search_needs_a_finished_run_and_a_budget_on_a_cpu():
+def test_search_needs_a_finished_run_and_a_budget_on_a_cpu(monkeypatch):
     record = {"status": "skipped", "error": "skipped: needs a GPU", "summary": {}}
     assert memory.batch_search(record) is record and record["summary"] == {}
     ok = {"status": "ok", "run": {"params_file": "params/x.yaml"}, "summary": {}, "curves": {},
           "params": Config.model_validate({"task": "cifar_resnext"}).model_dump(mode="json")}
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="memory_budget_gb"):
-            memory.batch_search(ok)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # on a GPU machine too: the CPU's rule
+    with pytest.raises(ValueError, match="params/x.yaml: a CPU has no GPU memory to fill; set measure.memory_budget_gb"):
+        memory.batch_search(ok)
 
 
 def test_bert_checkpointing_same_gradients_fewer_saved_bytes():

@@ -8,7 +8,7 @@ import pytest
 from labkit import results
 from labkit.launch import runall
 
-CONFIGS = {"bioqa_2workers_fp32", "gsm8k_bf16", "gsm8k_split_2gpu"}
+CONFIGS = {"bioqa_2workers_fp32", "gsm8k_tf32", "gsm8k_split_2gpu"}
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_notebook_07_runs_on_smoke(tmp_path, monkeypatch):
     assert row["status"] == "ok" and row["device"].startswith("CPU") and row["num_workers"] == 2
     assert row["final_train_loss"] < 0.8 * row["first_train_loss"]  # the loss visibly falls
     assert 0 <= row["accuracy"] == row["exact"] <= row["f1"] <= 100 and row["act_over_fp16"] == 0
-    assert runs.loc["gsm8k_bf16", "status"] == "skipped" and "bf16-mixed" in runs.loc["gsm8k_bf16", "error"]
+    assert runs.loc["gsm8k_tf32", "status"] == "skipped" and "tf32" in runs.loc["gsm8k_tf32", "error"]
     assert runs.loc["gsm8k_split_2gpu", "status"] == "skipped" and "needs GPUs" in runs.loc["gsm8k_split_2gpu", "error"]
 
     record = results.read(tmp_path / "smoke" / "07_t5_model_parallel" / "bioqa_2workers_fp32")

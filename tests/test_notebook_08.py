@@ -40,7 +40,7 @@ def test_notebook_08_reports_every_notebook(tmp_path, monkeypatch):
     for r in smoke_records():
         results.save(r, results.record_dir("smoke", r["run"]["notebook"], r["run"]["config"], tmp_path))
     monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: False)
-    runner.run("params/03_mixed_precision/bert_bf16.yaml", "smoke", runs_dir=tmp_path)  # a real record: skipped on a CPU
+    runner.run("params/03_mixed_precision/bert_tf32.yaml", "smoke", runs_dir=tmp_path)  # a real record: skipped on a CPU
 
     assert runall.main(["--profile", "smoke", "--only", "08", "--runs-dir", str(tmp_path)]) == 0
     cells = json.loads((tmp_path / "smoke" / "08_report" / "08_report.ipynb").read_text())["cells"]
@@ -56,6 +56,6 @@ def test_notebook_08_reports_every_notebook(tmp_path, monkeypatch):
     assert "05/ddp on 2 devices (CPU (smoke, not a GPU figure)) kept 80% of perfect scaling" in text
     assert "Not measured: every record of this profile ran on a CPU" in text  # GPU utilisation and temperature
     # unfinished runs appear with their status and reason, never as numbers
-    assert "precision bf16-mixed is a GPU setting" in text and "RuntimeError: boom" in text
-    assert "<td>out of memory</td>" in text and "<td>skipped</td>" in text
+    assert "precision tf32 is a mode of NVIDIA tensor cores" in text and "RuntimeError: boom" in text
+    assert " >out of memory</td>" in text and " >skipped</td>" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # loss, time, pareto, scaling

@@ -31,10 +31,10 @@ def test_what_this_machine_cannot_run_is_recorded_once_as_skipped(tmp_path, monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("a skipped run builds no task"))
     monkeypatch.setattr(runner, "launch", lambda *a: pytest.fail("a skipped run starts no process"))
-    record = labkit.run("params/03_mixed_precision/bert_bf16.yaml", "smoke", runs_dir=tmp_path)
-    assert record["status"] == "skipped" and "precision bf16-mixed is a GPU setting" in record["error"]
+    record = labkit.run("params/03_mixed_precision/bert_tf32.yaml", "smoke", runs_dir=tmp_path)
+    assert record["status"] == "skipped" and "precision tf32 is a mode of NVIDIA tensor cores" in record["error"]
     assert record["env"]["device"] == "cpu" and record["summary"] == {} and "finished" not in record["run"]
-    saved = labkit.results.read(tmp_path / "smoke" / "03_mixed_precision" / "bert_bf16")
+    saved = labkit.results.read(tmp_path / "smoke" / "03_mixed_precision" / "bert_tf32")
     assert saved["status"] == "skipped"
     record = labkit.run("params/05_ddp_fsdp/dp.yaml", "smoke", runs_dir=tmp_path)  # a multi-GPU strategy too
     assert record["status"] == "skipped" and "needs GPUs" in record["error"]
@@ -46,7 +46,12 @@ def test_cpu_rules_each_name_the_setting():
 
     assert reason() is None
     assert "accelerator is 'cuda'" in reason(**{"train.accelerator": "cuda"})
-    assert "precision 16-mixed is a GPU setting" in reason(**{"train.precision": "16-mixed"})
+    assert "precision tf32" in reason(**{"train.precision": "tf32"})
+    for precision, dtype in (("16-mixed", "fp16"), ("bf16-mixed", "bf16"), ("bf16-true", "bf16")):
+        # autocast and bf16 weights run on a CPU with instructions for them, and only there
+        why = reason(**{"train.precision": precision})
+        assert why is None if preflight.cpu_multiplies(dtype) else f"no {dtype} instructions" in why
+    assert "model.compile" in reason(**{"model.compile": True})
     assert "fused optimizer kernels" in reason(**{"train.fused": True})
     assert "nccl" in reason(**{"launch.backend": "nccl"})
     assert "deepspeed needs GPUs" in reason(**{"train.strategy": "deepspeed", "train.devices": 2})

@@ -15,9 +15,9 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 from labkit import results
 from labkit.config import ConfigError, load
 from labkit.launch import runall
-from labkit.preflight import unavailable_reason
+from labkit.preflight import skip_reason
 from labkit.tasks import t5_qa
-from test_resume import NOTEBOOK, kit, main, record_of  # noqa: F401 - kit is a fixture
+from test_resume import kit, main, record_of  # noqa: F401 - kit is a fixture
 
 BASELINE = "params/01_baseline_bert_squad/baseline.yaml"
 CONFIG_ERROR = ("params/01_fake/a.yaml (profile 'smoke'): 1 problem(s)\n"
@@ -171,8 +171,8 @@ def test_an_override_below_a_setting_is_a_clear_error():
 def test_more_cpu_ranks_than_the_machine_can_hold_are_skipped_with_the_reason():
     cfg = load("params/05_ddp_fsdp/ddp.yaml", "smoke", {"train.devices": 64})
     cores = len(os.sched_getaffinity(0))
-    assert f"train.devices is 64 and this process may use {cores} CPU core(s)" in unavailable_reason(cfg, cuda=False)
-    assert unavailable_reason(load("params/05_ddp_fsdp/ddp.yaml", "smoke", {"train.devices": 2}), cuda=False) is None
+    assert f"train.devices is 64 and this process may use {cores} CPU core(s)" in skip_reason(cfg, cuda=False)
+    assert skip_reason(load("params/05_ddp_fsdp/ddp.yaml", "smoke", {"train.devices": 2}), cuda=False) is None
 
 
 def test_an_empty_gsm8k_file_names_the_file(tmp_path):

@@ -101,3 +101,8 @@ def test_step_spread_flags_a_mean_far_above_the_median():
     spread = results.step_spread(stalls)
     assert spread["median_ms"] == pytest.approx(40) and spread["mean_ms"] == pytest.approx(132) and spread["skewed"]
     assert results.step_spread({"curves": {}}) is None
+
+
+def test_step_spread_uses_the_steps_the_loop_marked_steady():
+    marked = {"curves": {"steps": [{"step": 1.0, "steady": False}] + [{"step": 0.02, "steady": True}] * 5}}
+    assert results.step_spread(marked)["median_ms"] == pytest.approx(20) and results.step_spread(marked)["steps"] == 5

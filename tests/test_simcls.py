@@ -186,15 +186,31 @@ def test_evaluation_scores_the_chosen_candidate_the_top_beam_and_the_oracle():
             for r in ([[0.1, 0.0, 0.1], [0.5, 0.2, 0.4]], [[0.3, 0.1, 0.3], [0.0, 0.0, 0.0]])]
     tokenizer = simcls.load_scorer_tokenizer(Config.model_validate({"task": "simcls"}), ["a b t x y"] * 20)
     val_set = simcls.Reranking(rows, tokenizer, 16, 8)
-    cfg = Config.model_validate({"task": "simcls", "train": {"batch_size": 2}})
-    evaluate = simcls.make_evaluate(cfg, val_set, simcls.PadBatch(tokenizer.pad_token_id, "dynamic", 16, 8))
+    evaluate = simcls.make_evaluate(val_set, simcls.PadBatch(tokenizer.pad_token_id, "dynamic", 16, 8))
     # abstract 1: candidates best first are y (0.5, 0.2, 0.4), x; top beam x.  abstract 2: x (0.3, 0.1, 0.3), y; top beam x
-    metrics = evaluate(FixedScores([[0.0, 1.0], [0.0, 1.0]]))  # picks the second of each: x, then y
+    metrics = evaluate(FixedScores([[0.0, 1.0], [0.0, 1.0]]), 1, None)  # picks the second of each: x, then y
     assert metrics["rouge1"] == pytest.approx(100 * (0.1 + 0.0) / 2) and metrics["picked_best"] == 0
     assert metrics["top_beam_rouge1"] == pytest.approx(100 * (0.1 + 0.3) / 2)
     assert metrics["oracle_rouge1"] == pytest.approx(100 * (0.5 + 0.3) / 2)
     assert metrics["oracle_rouge2"] == pytest.approx(100 * (0.2 + 0.1) / 2)
-    assert evaluate(FixedScores([[1.0, 0.0], [1.0, 0.0]]))["picked_best"] == 100
+    assert evaluate(FixedScores([[1.0, 0.0], [1.0, 0.0]]), 2, None)["picked_best"] == 100
+    assert evaluate(FixedScores([[1.0, 0.0], [0.0, 1.0]]), 2, 1)["oracle_rouge1"] == pytest.approx(50)  # the first row only
+
+
+def test_offline_scorer_tokenizer_numbers_tokens_as_roberta_and_batches_pad_with_its_pad():
+    texts = [x for r in generate_cord19(30, seed=2) for x in r.values()]
+    tokenizer = simcls.load_scorer_tokenizer(Config.model_validate({"task": "simcls"}), texts)
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)  # roberta-base's ids
+    ids = tokenizer("Remdesivir and mortality in children")["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 2 and tokenizer.decode(ids[1:-1]) == "Remdesivir and mortality in children"
+    rows = [simcls.order_by_rouge({"abstract": texts[0], "title": "a title", "candidates": ["one", "two words", "three"],
+                                   "rouge": [[0.0] * 3] * 3})]
+    item = simcls.Reranking(rows, tokenizer, 16, 6)[0]
+    assert len(item["input_ids"]) == 16 and len(item["candidate_ids"]) == 3  # the abstract is cut to max_length
+    for padding, width in (("dynamic", max(map(len, item["candidate_ids"]))), ("max_length", 6)):
+        batch = simcls.PadBatch(tokenizer.pad_token_id, padding, 16, 6)([item, item])
+        assert batch["candidate_ids"].shape == (2, 3, width) and batch["input_ids"].shape == (2, 16)
+        assert (batch["candidate_ids"][0, 0, len(item["candidate_ids"][0]):] == 1).all()
 
 
 def test_packed_batches_are_refused_before_any_work():
@@ -205,8 +221,8 @@ def test_packed_batches_are_refused_before_any_work():
 # ----------------------------------------------------------------------------- one configuration, trained
 
 
-SMALL = {"data.train_examples": 24, "data.val_examples": 8, "simcls.generator_steps": 10, "simcls.num_candidates": 3,
-         "train.epochs": 1, "data.num_workers": 0, "data.persistent_workers": False}
+SMALL = {"data.train_examples": 32, "data.val_examples": 8, "simcls.generator_steps": 10, "simcls.num_candidates": 3,
+         "train.epochs": 1, "measure.profile_steps": 0}
 
 
 @pytest.mark.slow
@@ -216,7 +232,7 @@ def test_smoke_configuration_trains_and_a_cached_run_starts_from_the_same_scorer
     assert first["status"] == "ok" and info["weights"] == "random" and info["num_candidates"] == 3
     assert info["candidates_generated_s"] > 0 and info["generator_steps"] == 10
     assert info["generator_final_loss"] < info["generator_first_loss"]  # the generator was trained before generating
-    assert Path(info["candidates_cache"]).parent == cache and s["steps"] == 6  # 24 abstracts, batch 4, one epoch
+    assert Path(info["candidates_cache"]).parent == cache and s["steps"] == 4  # 32 abstracts, 4 x 2 a step, one epoch
     for rouge in ("rouge1", "rouge2", "rougeL"):
         assert 0 <= s[rouge] <= s[f"oracle_{rouge}"] <= 100 and s[f"top_beam_{rouge}"] <= s[f"oracle_{rouge}"]
     assert first["curves"]["train_loss"] and first["curves"]["val_loss"]

@@ -121,12 +121,12 @@ def test_collate_tokenises_sources_and_targets_with_their_own_lengths():
 def test_local_files_in_the_original_formats(tmp_path):
     gsm = tmp_path / "gsm8k.jsonl"
     gsm.write_text("\n".join(json.dumps(p) for p in generate_gsm8k(40, seed=3)))
-    train, val = t5_qa.load_gsm8k(t5_config(data={"source": "local", "path": str(gsm), "train_examples": None,
+    train, val, _ = t5_qa.load_gsm8k(t5_config(data={"source": "local", "path": str(gsm), "train_examples": None,
                                                  "val_examples": None}))
     assert len(train) == 36 and len(val) == 4 and not {p["question"] for p in val} & {p["question"] for p in train}
     bio = tmp_path / "BioASQ-train-factoid.json"
     bio.write_text(json.dumps(generate_bioqa(20, seed=3)))
-    train, val = t5_qa.load_bioqa(t5_config(data={"dataset": "bioqa", "source": "local", "path": str(bio),
+    train, val, _ = t5_qa.load_bioqa(t5_config(data={"dataset": "bioqa", "source": "local", "path": str(bio),
                                                  "train_examples": None, "val_examples": None}))
     assert train and val and not {e["question"] for e in val} & {e["question"] for e in train}
 
@@ -143,7 +143,7 @@ def test_score_gsm8k_by_exact_numeric_match_and_qa_by_squad_em_f1():
 
 
 def test_impossible_settings_are_refused_naming_the_key():
-    with pytest.raises(ConfigError, match="t5.yaml: 1 problem.*data.dataset gsm8k or bioqa"):
+    with pytest.raises(ConfigError, match="(?s)t5.yaml: 1 problem.*data.dataset gsm8k or bioqa"):
         check_settings(t5_config(data={"dataset": None}), "t5.yaml")
     with pytest.raises(ConfigError, match="model.split_devices .* train.devices"):
         check_settings(t5_config(model={"split_devices": 2}, train={"devices": 2, "strategy": "ddp"}))

@@ -1,4 +1,4 @@
-"""The teaching cells of notebooks 02-07: the technique cells run, each check accepts a right answer, and a
+"""The teaching cells of notebooks 02-07 and 09: the technique cells run, each check accepts a right answer, and a
 wrong answer makes the check fail with its explanation.
 
 Each test executes, with papermill in a real kernel as `make run-all` does, only the notebook's cells tagged
@@ -19,6 +19,20 @@ TEACHING = {"technique", "exercise", "check"}
 
 # notebook -> (a right answer, a wrong answer, words the wrong answer's explanation must contain)
 ANSWERS = {
+    "01_baseline_bert_squad": (
+        "def token_span(offsets, start_char, end_char):\n"
+        "    inside = [i for i, o in enumerate(offsets) if o]\n"
+        "    if offsets[inside[0]][0] > start_char or offsets[inside[-1]][1] < end_char:\n"
+        "        return (0, 0)\n"
+        "    start = next(i for i in inside if offsets[i][0] <= start_char < offsets[i][1])\n"
+        "    end = next(i for i in inside if offsets[i][0] < end_char <= offsets[i][1])\n"
+        "    return (start, end)\n",
+        "def token_span(offsets, start_char, end_char):\n"
+        "    start = next((i for i, o in enumerate(offsets) if o and o[0] == start_char), 0)\n"
+        "    end = next((i for i, o in enumerate(offsets) if o and o[1] == end_char), 0)\n"
+        "    return (start, end)\n",
+        "containing start_char",
+    ),
     "02_dataloader_workers": (
         "import math\n\ndef workers_needed(load_ms, step_ms):\n    return math.ceil(load_ms / step_ms)\n",
         "def workers_needed(load_ms, step_ms):\n    return max(1, int(load_ms // step_ms))\n",
@@ -60,6 +74,13 @@ ANSWERS = {
         "def crossing_bytes(batch, width, bytes_per_number):\n    return 2 * batch * width * bytes_per_number\n",
         "def crossing_bytes(batch, width, bytes_per_number):\n    return batch * width * bytes_per_number\n",
         "its gradient",
+    ),
+    "09_simcls": (
+        "def candidate_term(scores, margin):\n"
+        "    return sum(torch.relu(scores[:, d:] - scores[:, :-d] + margin * d).mean() for d in range(1, scores.shape[1]))\n",
+        "def candidate_term(scores, margin):\n"
+        "    return sum(torch.relu(scores[:, d:] - scores[:, :-d] + margin).mean() for d in range(1, scores.shape[1]))\n",
+        "grow with the distance",
     ),
 }
 
@@ -111,3 +132,25 @@ def test_unanswered_exercise_is_reported_not_failed(name):
     check = next(c for c in tagged if c.cell_type == "code" and "check" in c.metadata["tags"])
     assert "except NotImplementedError" in check.source and "not answered yet" in check.source
     assert any(c.cell_type == "markdown" and "Where labkit does this" in c.source for c in tagged)
+
+
+def test_gpu_figures_name_real_configurations_and_mark_the_rest_unmeasured():
+    from labkit import gpu_figures
+    from labkit.config import PARAMS_DIR
+
+    measured = gpu_figures.measured()
+    for notebook, config in measured.index:
+        assert (PARAMS_DIR / notebook / f"{config}.yaml").is_file(), f"{notebook}/{config} in {gpu_figures.FIGURES.name}"
+    assert measured["source"].str.startswith("docs/benchmarks.md").all() and measured["device"].str.len().gt(0).all()
+    table = gpu_figures.table("05_ddp_fsdp")  # nothing measured on several GPUs yet
+    assert set(table["device"]) == {"unmeasured"} and "ddp" in table.index
+    table = gpu_figures.table("03_mixed_precision")
+    assert table.loc["resnext_fp32", "samples/s"] == 2518 and table.loc["resnext_fp32", "date"] == "2026-11-25"
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("0[1-7]_*.ipynb")), ids=lambda p: p.stem)
+def test_each_lab_shows_its_timeline_and_gpu_figures(path):
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "timeline.draw(record" in code and "timeline.top_kernels(record" in code and "make nsys" in code
+    assert f'gpu_figures.table("{path.stem}")' in code

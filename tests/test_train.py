@@ -52,6 +52,8 @@ def test_profiled_steps_name_the_operators_that_took_the_time(tmp_path):
     with gzip.open(tmp_path / "trace.json.gz", "rt") as f:  # a Chrome trace of the profiled steps
         events = json.load(f)["traceEvents"]
     assert any(e.get("name") == "aten::addmm" for e in events)
+    phases = [e["name"] for e in events if e.get("cat") == "user_annotation" and e["name"] in ("data", "forward", "backward", "optimizer")]
+    assert phases.count("optimizer") == 3 and phases.count("forward") == 3  # the step phases, for labkit.timeline
     assert any(o["op"] == "aten::addmm" and o["calls_per_step"] >= 2 for o in ops)  # two Linear layers' forward
     assert ops == sorted(ops, key=lambda o: (o["device_ms_per_step"], o["cpu_ms_per_step"]), reverse=True)  # no device here: host time orders them
 
@@ -71,3 +73,14 @@ def test_grad_accum_matches_a_larger_batch():
         task.train_sampler = range(512)  # fixed order
         losses.append([v for _, _, v in fit(cfg, task, make_fabric(cfg))["curves"]["train_loss"]])
     assert torch.allclose(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-5)
+
+
+def test_fp16_on_a_cpu_is_fp16_autocast_with_a_cpu_gradient_scaler():
+    cfg, task = make(precision="16-mixed", max_steps=3)
+    fabric = make_fabric(cfg)
+    assert fabric._precision.precision == "16-mixed" and fabric._precision.device == "cpu"  # not Fabric's bf16 fallback
+    assert fabric._precision.scaler is not None
+    model = fabric.setup_module(task.model)
+    with fabric.autocast():
+        assert model.module[0](torch.randn(2, 16)).dtype == torch.float16
+    assert fit(cfg, task, fabric)["summary"]["steps"] == 3

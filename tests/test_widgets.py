@@ -102,3 +102,14 @@ def test_progress_bar_shows_epoch_loss_and_throughput(monkeypatch, capfd):
     last = [line for line in err.replace("\r", "\n").splitlines() if "cifar_resnext" in line][-1]
     assert "16/16" in last and "epoch=2" in last and "loss=" in last  # step of total, epoch, loss
     assert float(last.split("samples/s=")[1].split("]")[0].split(",")[0]) > 0
+
+
+def test_make_lab_starts_jupyter_as_root_too():
+    import os
+    import subprocess
+
+    from labkit.config import ROOT
+
+    dry = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in dry.splitlines() if "jupyter lab" in line)
+    assert ("--allow-root" in line) == (os.geteuid() == 0)  # Jupyter refuses root without it

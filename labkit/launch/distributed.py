@@ -36,6 +36,8 @@ from labkit.launch.worker import alive, process_start
 from labkit.config import ROOT, Config
 
 GRACE_S = 10  # between asking processes to stop and killing them
+JOIN_TIMEOUT_S = 180  # every node's torchrun has joined the rendezvous by then (imports on a slow shared disk)
+STORE_TIMEOUT_S = 20  # a node that cannot reach the head's rendezvous store gives up after this
 
 
 class LaunchError(RuntimeError):
@@ -62,13 +64,9 @@ def command(cfg: Config, spec: Path, logs: Path) -> list[str]:
     # One torchrun per node; they meet at the job's first node (c10d rendezvous).
     host, port = rendezvous_endpoint()
     return (["srun", f"--nodes={t.num_nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"] + torchrun
-            + [f"--nnodes={t.num_nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={host}:{port}",
+            + [f"--nnodes={t.num_nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={_bracketed(host)}:{port}",
                f"--rdzv-conf=join_timeout={JOIN_TIMEOUT_S},read_timeout={STORE_TIMEOUT_S}",
                f"--rdzv-id=labkit-{os.environ['SLURM_JOB_ID']}-{spec.parent.name}"] + worker)
-
-
-JOIN_TIMEOUT_S = 180  # every node's torchrun has joined the rendezvous by then (imports on a slow shared disk)
-STORE_TIMEOUT_S = 20  # a node that cannot reach the head's rendezvous store gives up after this
 
 
 def node_address(node: str) -> str:
@@ -91,9 +89,13 @@ def rendezvous_endpoint() -> tuple[str, int]:
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
-        raise LaunchError(f"the rendezvous endpoint {host}:{port} (node {head}) does not resolve on "
+        raise LaunchError(f"the rendezvous endpoint {_bracketed(host)}:{port} (node {head}) does not resolve on "
                           f"{socket.gethostname()}: {err.strerror}; the nodes cannot meet there") from None
     return host, port
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # an IPv6 address in host:port
 
 
 def _port_free(port: int) -> bool:

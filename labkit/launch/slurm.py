@@ -215,9 +215,11 @@ def script(batch: Batch, profile: str, runs_dir: Path, partition: str | None, ac
     runall_cmd = (f"{python} -m labkit.launch.runall --profile {shlex.quote(profile)} "
                   f"--only {shlex.quote(batch.notebook)}")
     if not batch.configs:
-        lines += [f"# {_printable(batch.notebook)}: reads every record of the profile, then the HTML pages and their index",
+        lines += [f"# {_printable(batch.notebook)}: reads every record of the profile, then the HTML pages and their index "
+                  "(reports/<profile> beside the runs folder)",
                   f"{runall_cmd} --runs-dir {where}",
-                  f"exec {python} -m labkit.report --profile {shlex.quote(profile)} --runs-dir {where}"]
+                  f"exec {python} -m labkit.report --profile {shlex.quote(profile)} --runs-dir {where} "
+                  f"--out-dir {shlex.quote(str(runs_dir.parent / 'reports' / profile))}"]
     else:
         gpus = f"{r.gpus_per_node} GPU(s) on each of {r.nodes} node(s)" if r.gpus_per_node else f"no GPU, {r.nodes} node(s)"
         lines.append(f"# {_printable(batch.notebook)}: {_printable(' '.join(batch.configs))} ({gpus})")

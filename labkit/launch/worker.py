@@ -6,9 +6,9 @@ It runs the configuration with labkit.launch.runner.execute (rank 0 writes the r
 folder, beside the spec; the launcher makes it the configuration's result.json) and leaves its own status
 there too, rank<N>.json, so the launcher can tell which rank failed first and which processes to stop.
 
-A rank never outlives its run: it dies with torchrun (the kernel's parent-death signal) and, through a
-watchdog thread, with the launcher (the notebook's kernel, killed with its run-all by kill -9), so no
-orphan trains beside the next run of the same configuration.
+A rank never outlives its run: it dies with torchrun (Linux's parent-death signal) and, through a
+watchdog thread, with the launcher (the notebook's kernel, which dies with a run-all killed by kill -9),
+so no orphan trains beside the next run of the same configuration.
 """
 from __future__ import annotations
 
@@ -67,7 +67,9 @@ def watch(launcher: dict) -> None:
     """End this rank's process group (the rank and its data-loader workers) once the launcher has gone."""
     if launcher["host"] != socket.gethostname():
         return  # a rank on another node: srun ends it with its step (--kill-on-bad-exit)
-    if parent_of(os.getppid()) != launcher["pid"]:  # torchrun died before die_with_parent could take effect
+    # Under srun (a run over several nodes) torchrun's parent is slurmstepd, not the launcher; srun, the launcher's
+    # child, ends the step. Otherwise a torchrun without the launcher as parent died before die_with_parent took effect.
+    if "SLURM_STEP_ID" not in os.environ and parent_of(os.getppid()) != launcher["pid"]:
         os.killpg(os.getpgrp(), signal.SIGKILL)
 
     def poll() -> None:

@@ -165,17 +165,29 @@ class Meter:
     @contextlib.contextmanager
     def epoch(self) -> Iterator[None]:
         """Around one epoch's training steps (validation follows, outside the steady state)."""
-        start = time.perf_counter()
+        start, self._paused_s = time.perf_counter(), 0.0
         if self.steady_from <= self.step < self.steady_until:
             self._open_window()
         yield
         synchronize(self.device)  # the epoch's time is the device's
         self._close_window()
         self.profiler.stop(self.step)  # a validation pass is not a training step
-        self.curves["epoch_time_s"].append(time.perf_counter() - start)
+        self.curves["epoch_time_s"].append(time.perf_counter() - start - self._paused_s)
         self.train_time += self.curves["epoch_time_s"][-1]
 
-    def validated(self, epoch: int, metrics: dict[str, float]) -> None:
+    @contextlib.contextmanager
+    def validating(self) -> Iterator[None]:
+        """Around a validation inside an epoch (train.eval_every_steps): outside the steady state and the epoch's time."""
+        synchronize(self.device)
+        self._close_window()
+        start = time.perf_counter()
+        yield
+        synchronize(self.device)
+        self._paused_s += time.perf_counter() - start
+        if self.steady_from <= self.step < self.steady_until:
+            self._open_window()
+
+    def validated(self, epoch: float, metrics: dict[str, float]) -> None:
         """Keep a validation's loss and task metrics (after ``epoch`` epochs)."""
         self.curves["val_loss"].append([self.step, epoch, metrics.pop("val_loss")])
         self.curves.setdefault("val_metrics", []).append({"step": self.step, "epoch": epoch, **metrics})

@@ -103,8 +103,12 @@ def build(cfg: ModelConfig, num_classes: int = 10) -> tuple[nn.Module, dict]:
         raise ValueError(f"model.weights '{cfg.weights}': the CIFAR labs train ResNeXt from scratch and no pretrained "
                          "weights are offered; set model.weights: random")
     model = ResNeXt(**PRESETS[cfg.preset], num_classes=num_classes)
+    if cfg.init == "kaiming_uniform":  # the original's init_weights: biases keep PyTorch's defaults
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_uniform_(m.weight)
     info = {"model": f"ResNeXt ({cfg.preset})", "preset": cfg.preset, "weights": "random",
-            "weights_source": f"ResNeXt {cfg.preset}, CIFAR variant, trained from scratch", "blocks": len(model.blocks)}
+            "weights_source": f"ResNeXt {cfg.preset}, CIFAR variant, trained from scratch ({cfg.init} initialisation)", "blocks": len(model.blocks)}
     if cfg.checkpointing == "stage_and_conv":
         info["checkpointed_stages"] = model.checkpoint_stages_and_convs()
         info["checkpointed_blocks"] = 0

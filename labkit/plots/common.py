@@ -169,7 +169,7 @@ def bars(df: pd.DataFrame, x: str, y: str, title: str, hue: str | None = None, a
         _, ax = plt.subplots(figsize=(7, 4))
     sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax)
     for container in ax.containers:
-        ax.bar_label(container, fmt="%.3g", fontsize=8)
+        ax.bar_label(container, fmt=number, fontsize=8)
     devices = ", ".join(sorted(df["device"].dropna().unique())) if "device" in df else ""
     ax.set(title=f"{title}" + (f" ({devices})" if devices else ""))
     if hue:

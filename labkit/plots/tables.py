@@ -23,13 +23,14 @@ STYLE = """<style>
 .labkit-table table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums}
 .labkit-table th,.labkit-table td{padding:2px 8px;white-space:nowrap;text-align:right;vertical-align:top}
 .labkit-table td.labkit-long{white-space:normal;min-width:22em;max-width:48em;text-align:left}
+.labkit-table table.labkit-plain td{white-space:normal}
 .labkit-table caption{caption-side:top;text-align:left;font-size:12px;color:#444;padding:2px 0}
 .labkit-table tr:nth-child(even){background:#f5f5f8}
 </style>"""
 
 
 def number(value: object) -> str:
-    """About three significant figures, no exponent for everyday sizes, thousands grouped: 0.0123, 1.23,
+    """About three significant figures, no exponent for everyday sizes, thousands grouped: 0.0123, 1.23, 2.00,
     12.3, 123, 8,760, 613,376; integers as integers; '—' for a missing or non-finite value."""
     if value is None or isinstance(value, bool):
         return MISSING if value is None else ("yes" if value else "no")
@@ -40,7 +41,7 @@ def number(value: object) -> str:
         return MISSING
     if v == 0:
         return "0"
-    if abs(v) >= 100 or v == int(v):
+    if abs(v) >= 100 or isinstance(value, numbers.Integral):
         return f"{round(v):,}"
     if abs(v) < 1e-3:
         return f"{v:.2e}"
@@ -66,7 +67,12 @@ def tidy(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if "device" in df.columns and df["device"].nunique(dropna=True) == 1:
         caption = f"device: {df['device'].dropna().iloc[0]}"
         df = df.drop(columns="device")
-    text = pd.DataFrame({c: [cell(v, c) for v in df[c]] for c in df.columns}, index=df.index)
+    def whole(column: pd.Series) -> bool:  # integers that a missing value turned into floats (batch 8.0)
+        values = pd.to_numeric(column, errors="coerce").dropna()
+        return column.dtype.kind == "f" and not values.empty and bool((values == values.round()).all())
+
+    text = pd.DataFrame({c: [cell(int(v) if whole(df[c]) and pd.notna(v) else v, c) for v in df[c]] for c in df.columns},
+                        index=df.index)
     text.columns = df.columns
     return text, caption
 
@@ -76,11 +82,23 @@ def to_html(df: pd.DataFrame) -> str:
     if df.empty:
         return f'<div class="labkit-table"><i>{"empty table" if len(df.columns) else "no rows"}</i></div>'
     text, caption = tidy(df)
-    classes = text.map(lambda s: "labkit-long" if len(s) > LONG_TEXT else "")
-    styler = text.style.format(escape="html").set_td_classes(classes)
-    if caption:
-        styler = styler.set_caption(html.escape(caption))
-    return f'{STYLE}<div class="labkit-table">{styler.to_html()}</div>'
+    if text.index.is_unique and text.columns.is_unique:
+        classes = text.map(lambda s: "labkit-long" if len(s) > LONG_TEXT else "")
+        styler = text.style.format(escape="html").set_td_classes(classes)
+        table = (styler.set_caption(html.escape(caption)) if caption else styler).to_html()
+    else:  # Styler's per-cell classes need unique labels; such a table wraps no cell on its own
+        table = text.to_html(escape=True, classes="labkit-plain")
+        table = f"<p>{html.escape(caption)}</p>{table}" if caption else table
+    return f'{STYLE}<div class="labkit-table">{table}</div>'
+
+
+def _display_html(df: pd.DataFrame) -> str | None:
+    """IPython's HTML form of a DataFrame; None (pandas' own form) if formatting fails, so no cell ever fails
+    because of how a table looks."""
+    try:
+        return to_html(df)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def install() -> None:
@@ -91,4 +109,4 @@ def install() -> None:
         return
     shell = get_ipython()
     if shell is not None:
-        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, to_html)
+        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, _display_html)

@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 
 from labkit import results
 from labkit.plots.common import legend_outside
+from labkit.plots.tables import number
 from labkit.results import name, task_of
 
 # Summary key -> (label, measured on GPUs only)
@@ -65,7 +66,12 @@ def _cell(record: dict, key: str, scale: float = 1.0, gpu_only: bool = False) ->
     value = _ok(record, key)
     if value is None:
         return "not measured (CPU)" if gpu_only and not on_gpu(record) else "—"
-    return f"{value * scale:.3g}"
+    return f"{_g(value * scale)}"
+
+
+def _g(value: float) -> str:
+    """Three significant figures without an exponent: 3,400 s rather than 3.4e+03 s."""
+    return number(value) if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def _count_unfinished(records: Sequence[dict]) -> str:
@@ -188,7 +194,7 @@ def per_configuration(records: Sequence[dict], metric: str) -> tuple[plt.Figure 
         if len(tasks) > 1:
             ax.legend(handles=[Patch(color=f"C{i % 10}", label=t) for i, t in enumerate(tasks)], fontsize=7)
             legend_outside(ax)
-        ax.bar_label(bars, labels=[f"{v:.3g}" if v is not None else "" for v in values], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[f"{_g(v)}" if v is not None else "" for v in values], fontsize=7, padding=2)
         for y, (r, v) in enumerate(zip(group, values)):
             if v is None:
                 status = r.get("status")
@@ -219,16 +225,16 @@ def _per_configuration_sentence(records: Sequence[dict], metric: str) -> str:
     comparable = [g for g in _groups(done, lambda r: (r["run"]["notebook"], task_of(r), machine(r))).values() if len(g) > 1]
     if not comparable:
         r = done[0]
-        return f"Only single runs per notebook and task finished, so nothing compares yet; e.g. {name(r)}: {_ok(r, metric):.3g}{unfinished}"
+        return f"Only single runs per notebook and task finished, so nothing compares yet; e.g. {name(r)}: {_g(_ok(r, metric))}{unfinished}"
     group = max(comparable, key=lambda g: max(_ok(r, metric) for r in g) / max(min(_ok(r, metric) for r in g), 1e-12))
     lo, hi = min(group, key=lambda r: _ok(r, metric)), max(group, key=lambda r: _ok(r, metric))
     where = f"{lo['run']['notebook']}, {task_of(lo)}, on {machine(lo)}"
     if metric == "train_time_s":
         return (f"The largest difference within one notebook and task: {name(lo)} trained "
-                f"{_ok(hi, metric) / _ok(lo, metric):.1f}x faster than {name(hi)} ({_ok(lo, metric):.3g} s against "
-                f"{_ok(hi, metric):.3g} s; {where}){unfinished}")
-    return (f"The largest spread within one notebook and task: {name(lo)} reached a {label} of {_ok(lo, metric):.3g} "
-            f"and {name(hi)} {_ok(hi, metric):.3g}, {_ok(hi, metric) / _ok(lo, metric):.2f}x higher ({where}){unfinished}")
+                f"{_ok(hi, metric) / _ok(lo, metric):.1f}x faster than {name(hi)} ({_g(_ok(lo, metric))} s against "
+                f"{_g(_ok(hi, metric))} s; {where}){unfinished}")
+    return (f"The largest spread within one notebook and task: {name(lo)} reached a {label} of {_g(_ok(lo, metric))} "
+            f"and {name(hi)} {_g(_ok(hi, metric))}, {_ok(hi, metric) / _ok(lo, metric):.2f}x higher ({where}){unfinished}")
 
 
 def _scaling_rows(records: Sequence[dict]) -> list[dict]:
@@ -324,12 +330,12 @@ def pareto(records: Sequence[dict], x: str = "train_time_s", y: str = "final_val
     sentence = (f"Of the {len(group)} finished {task} runs on {where}, {len(front)} {'is' if len(front) == 1 else 'are'} on the front (no other run was "
                 f"both faster and reached a lower validation loss)")
     if len(group) == 1:
-        sentence = f"Only one {task} run on {where} has finished, {name(fast)} ({_ok(fast, x):.3g} s, loss {_ok(fast, y):.3g})"
+        sentence = f"Only one {task} run on {where} has finished, {name(fast)} ({_g(_ok(fast, x))} s, loss {_g(_ok(fast, y))})"
     elif fast is good:
-        sentence += f": {name(fast)} was both the fastest and the best ({_ok(fast, x):.3g} s, loss {_ok(fast, y):.3g})"
+        sentence += f": {name(fast)} was both the fastest and the best ({_g(_ok(fast, x))} s, loss {_g(_ok(fast, y))})"
     else:
-        sentence += (f", from the fastest, {name(fast)} ({_ok(fast, x):.3g} s, loss {_ok(fast, y):.3g}), to the best, "
-                     f"{name(good)} ({_ok(good, x):.3g} s, loss {_ok(good, y):.3g})")
+        sentence += (f", from the fastest, {name(fast)} ({_g(_ok(fast, x))} s, loss {_g(_ok(fast, y))}), to the best, "
+                     f"{name(good)} ({_g(_ok(good, x))} s, loss {_g(_ok(good, y))})")
     if len(panels) > 1:
         sentence += f"; {len(panels) - 1} more panel(s) for other tasks or devices"
     return fig, sentence + "."

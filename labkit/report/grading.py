@@ -9,7 +9,7 @@ student per lab in reports/<profile>/grading/, each with a side panel holding th
 answers and the check cells' pass/fail beside the figures, and indexes per student and per lab.
 
 Answers are the Markdown cells tagged ``answer``; the question is the cell just above each. Check cells are
-code cells tagged ``check``: they pass when they ran without an error.
+code cells tagged ``check`` that test an exercise's code (``check``).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Answer:
 @dataclass
 class Check:
     source: str
-    status: str  # "pass", "fail" or "not run"
+    status: str  # "pass", "fail", "not answered" or "not run"
     detail: str = ""
 
 
@@ -69,12 +69,22 @@ def read_answers(nb: nbformat.NotebookNode) -> Graded:
             text = cell.source.strip()
             graded.answers.append(Answer(question.strip(), "" if text in ("", UNANSWERED) else text))
         elif cell.cell_type == "code" and "check" in _tags(cell):
-            error = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
-            if error:
-                graded.checks.append(Check(cell.source, "fail", f"{error.get('ename')}: {error.get('evalue')}"))
-            else:
-                graded.checks.append(Check(cell.source, "pass" if cell.get("execution_count") else "not run"))
+            graded.checks.append(check(cell))
     return graded
+
+
+def check(cell: dict) -> Check:
+    """A check cell's outcome: it raises on a wrong answer (fail) and prints "Right: ..." on a right one, or
+    "Exercise not answered yet" while the exercise still raises NotImplementedError."""
+    outputs = cell.get("outputs", [])
+    error = next((o for o in outputs if o.get("output_type") == "error"), None)
+    text = "".join("".join(o.get("text", "")) for o in outputs if o.get("output_type") == "stream").strip()
+    first = text.splitlines()[0] if text else ""
+    if error:
+        return Check(cell.source, "fail", f"{error.get('ename')}: {error.get('evalue')}")
+    if not cell.get("execution_count"):
+        return Check(cell.source, "not run")
+    return Check(cell.source, "not answered" if "not answered" in text else "pass", first)
 
 
 def was_run(nb: nbformat.NotebookNode) -> bool:
@@ -118,7 +128,7 @@ body{margin-right:36%!important}
   background:#fafaf5;border-left:2px solid #ccb;font-family:sans-serif;font-size:13px;z-index:10}
 .labkit-panel h2{font-size:15px;margin:12px 0 6px} .labkit-panel .q{color:#333;margin-top:10px;font-weight:bold}
 .labkit-panel .a{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:6px;margin:4px 0}
-.labkit-panel .missing{color:#a40;font-style:italic} .pass{color:#060} .fail{color:#b00} .notrun{color:#888}
+.labkit-panel .missing{color:#a40;font-style:italic} .pass{color:#060} .fail{color:#b00} .notrun,.notanswered{color:#888}
 </style>"""
 
 

@@ -57,8 +57,11 @@ NOISE = [re.compile(p) for p in (
     r"Setting OMP_NUM_THREADS environment variable",    # ... and its text
     r"USDT|ActivityProfilerController|^STAGE:",         # the PyTorch profiler's start-up lines
     r"FutureWarning|DeprecationWarning",
-    r"^\s*warnings\.warn\(",                            # the source line Python prints under a warning
+    r"'pin_memory' argument is set as true but no accelerator",  # a CPU smoke run of a GPU loader setting
+    r"The `srun` command is available on your system but is not used",  # Lightning, on a login node
+    r"^Seed set to \d+$",                                # Lightning's seed line (the seed is in the record)
 )]
+WARNING = re.compile(r"^\S+:\d+: \w*Warning: ")  # Python's warning line; the indented source line follows it
 
 
 def _tags(cell: dict) -> set[str]:
@@ -69,8 +72,16 @@ def _tags(cell: dict) -> set[str]:
 
 def quiet(text: str) -> str:
     """``text`` without the lines NOISE matches (a progress bar's carriage-return frames included)."""
-    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
-    return "\n".join(line for line in lines if line.strip() and not any(p.search(line) for p in NOISE))
+    kept, dropped_warning = [], False
+    for line in (line.rsplit("\r", 1)[-1] for line in text.splitlines()):
+        if dropped_warning and line.startswith((" ", "\t")):
+            continue  # the source line under a warning that was dropped
+        dropped_warning = False
+        if any(p.search(line) for p in NOISE):
+            dropped_warning = bool(WARNING.match(line))
+        elif line.strip():
+            kept.append(line)
+    return "\n".join(kept)
 
 
 _DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
@@ -129,19 +140,25 @@ def refresh_comparisons(pages: Sequence[nbformat.NotebookNode], profile: str, ru
     setup = f"profile, runs_dir = {profile!r}, {str(runs_dir)!r}\nfrom labkit import plots, results"
     nb = new_notebook(cells=[new_code_cell(setup)] + [new_code_cell(c.source) for c in cells],
                       metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    headless = os.environ.get("LABKIT_HEADLESS")
     os.environ["LABKIT_HEADLESS"] = "1"  # the kernel inherits it: no widgets, plain progress lines
-    NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-    problems, fresh = [], []
+    try:
+        NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    finally:
+        if headless is None:
+            del os.environ["LABKIT_HEADLESS"]
+    problems, fresh = [], {}
     for cell in nb.cells[1:]:
         error = next((o for o in cell.outputs if o.get("output_type") == "error"), None)
         if error:
             problems.append(f"{cell.source.splitlines()[0]!r}: {error.get('ename')}: {error.get('evalue')}")
-        fresh.append(None if error else cell.outputs)
-    for page in pages:
-        for cell, outputs in zip((c for c in page.cells if c.cell_type == "code" and "comparison" in _tags(c)), fresh):
-            if outputs is not None:
-                cell.outputs = copy.deepcopy(outputs)
+        else:
+            fresh[cell.source] = cell.outputs
+    for page in pages:  # matched by source: a page executed from an older copy of the notebook keeps what differs
+        for cell in page.cells:
+            if cell.cell_type == "code" and "comparison" in _tags(cell) and cell.source in fresh:
+                cell.outputs = copy.deepcopy(fresh[cell.source])
     return problems
 
 
@@ -189,22 +206,24 @@ def environment_line(record: dict | None, profile_records: Sequence[dict] = ()) 
             f"python {platform.python_version()}")
 
 
-HEADLINES = {"samples_per_s": ("samples/s", 1.0), "step_s": ("median step (ms)", 1e3), "final_val_loss": ("val loss", 1.0),
-             "accuracy": ("accuracy (%)", 1.0), "f1": ("F1", 1.0), "test_perplexity": ("test perplexity", 1.0)}
+# Summary key -> how the index names it; the first few a run has make its headline.
+HEADLINES = {"samples_per_s": "{} samples/s", "final_val_loss": "val loss {}", "accuracy": "accuracy {}", "f1": "F1 {}",
+             "test_perplexity": "test perplexity {}"}
 
 
 def headline(record: dict | None) -> str:
-    """The index's one cell about a run: the reason it has no figures, or its main figures and their spread."""
+    """The index's one cell about a run: the reason it has no figures, or its main figures and the step spread."""
     if record is None:
         return "reads the records of the other notebooks"
     if record.get("status") != "ok":
         reason = (record.get("error") or "").removeprefix("skipped: ")
         return reason or ("started and not finished: still running, or killed" if record.get("status") == "running" else "")
-    parts = [f"{label} {number(results.rate(record, key) * scale)}" for key, (label, scale) in HEADLINES.items()
+    parts = [text.format(number(results.rate(record, key))) for key, text in HEADLINES.items()
              if results.rate(record, key) is not None]
     spread = results.step_spread(record)
     if spread:
-        parts.append(f"step IQR {number(spread['iqr_ms'])} ms" + (" — mean far above median" if spread["skewed"] else ""))
+        parts.insert(1, f"median step {number(spread['median_ms'])} ms (IQR {number(spread['iqr_ms'])} ms)"
+                     + (", mean far above the median" if spread["skewed"] else ""))
     return " · ".join(parts) or "finished; no figures in its record"
 
 

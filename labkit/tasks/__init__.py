@@ -66,6 +66,9 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict)
     # A sampler for the training set (e.g. length-grouped); None: shuffled.
     train_sampler: Any = None
+    # A held-out test set, apart from validation: its loss is measured once, after training, with the final weights
+    # (with train.keep_best: the best validation's).
+    test_set: Dataset | None = None
 
 
 def build_task(cfg: Config) -> Task:

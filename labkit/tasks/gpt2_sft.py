@@ -11,11 +11,17 @@ Sources (``data.source``):
 
 Every pair becomes ``TEMPLATE(prompt) + response + <eos>``; the labels are -100 on the prompt and the padding,
 so the loss (and the gradient) comes from the response tokens only.
+
+``data.sft_format: dialogue_windows`` trains as the original lab did instead: whole dialogues (hub: Anthropic/hh-rlhf's
+``chosen`` dialogues less those Dahoas/rm-static also holds; local: a JSON list of dialogue strings, the original's
+``sft_train.json``; embedded: the generated pairs as ``Human:``/``Assistant:`` turns), each ended by end-of-text and
+joined into one token stream, cut into random ``data.max_length``-token windows with the loss on every token.
 """
 from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from labkit.models import gpt2
 from labkit.tasks import Task, transformer_flops_per_sample
 
 HUB_DATASET = "Dahoas/rm-static"
+DIALOGUE_HUB = "Anthropic/hh-rlhf"  # dialogue_windows: its 'chosen' dialogues, less those rm-static holds too
 TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 IGNORE = -100  # the label cross-entropy skips
 GENERATIONS = 4  # test prompts answered greedily after each evaluation, stored in the record's info
@@ -153,10 +160,84 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], max_length: int) -
     return responses
 
 
+# ---- dialogue windows: the original lab's data and loss ------------------------------------------------------
+
+def read_dialogues(path: str | Path, setting: str) -> list[str]:
+    """A JSON list of dialogue strings (the original lab's sft_train.json / sft_test.json)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{setting} '{path}': no such file; point it at a JSON list of dialogue strings")
+    dialogues = json.loads(path.read_text(encoding="utf-8"))
+    if not (isinstance(dialogues, list) and dialogues and all(isinstance(x, str) for x in dialogues)):
+        raise ValueError(f"{path}: expected a non-empty JSON list of dialogue strings (data.sft_format: dialogue_windows)")
+    return dialogues
+
+
+def load_dialogues(cfg: Config) -> tuple[list[str], list[str]]:
+    """Train and test dialogues for data.sft_format: dialogue_windows."""
+    d = cfg.data
+    if d.source == "embedded":
+        return tuple([f"\n\nHuman: {p['prompt']}\n\nAssistant: {p['response']}" for p in split] for split in load_splits(cfg))
+    if d.source == "local":
+        train = read_dialogues(d.path, "data.path")
+        if d.val_path:
+            return train, read_dialogues(d.val_path, "data.val_path")
+        n_test = max(1, len(train) // 10)  # no test file: the last tenth
+        return train[:-n_test], train[-n_test:]
+    dialogues, rm_static = load_hub(d.hub_name or DIALOGUE_HUB, d.hub_config), load_hub(HUB_DATASET)
+    splits = []
+    for split in ("train", "test"):
+        seen = {r["prompt"] + r["chosen"] for r in rm_static[split]}  # the original's prepare_sft_dataset.py
+        splits.append([c for c in dialogues[split]["chosen"] if c not in seen])
+    return splits[0], splits[1]
+
+
+class Windows(torch.utils.data.Dataset):
+    """``length``-token windows of a token stream, the labels the inputs themselves (the loss on every token).
+    An epoch has as many windows as the stream holds; training windows start anywhere, drawn afresh each time
+    (as the original's sampler did), test windows are fixed by their index."""
+
+    def __init__(self, tokens: list[int], length: int, fixed: bool):
+        if len(tokens) <= length:
+            raise ValueError(f"{len(tokens)} tokens of dialogue cannot fill a {length}-token window: lower data.max_length")
+        self.tokens, self.length, self.fixed = tokens, length, fixed
+
+    def __len__(self) -> int:
+        return len(self.tokens) // self.length
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        draw = random.Random(i) if self.fixed else random
+        start = draw.randrange(len(self.tokens) - self.length)
+        ids = self.tokens[start: start + self.length]
+        return {"input_ids": ids, "labels": ids}
+
+
+def dialogue_task(cfg: Config) -> Task:
+    d = cfg.data
+    train, test = load_dialogues(cfg)
+    tokenizer = load_tokenizer(cfg.model, train, "bpe", 50257, gpt2.PRESETS[cfg.model.preset][0])
+    model, info = gpt2.build(cfg.model, len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    stream = lambda texts: [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+                            for t in ids + [tokenizer.eos_token_id]]
+    train_set, test_set = Windows(stream(train), d.max_length, fixed=False), Windows(stream(test), d.max_length, fixed=True)
+    info.update(data_source=d.source if d.source != "hub" else f"hub: {d.hub_name or DIALOGUE_HUB} less {HUB_DATASET}",
+                sft_format=d.sft_format, train_examples=len(train), val_examples=len(test),
+                train_tokens=len(train_set.tokens), mean_real_tokens=float(d.max_length))
+    n = gpt2.non_embedding_params(model)
+    flops = transformer_flops_per_sample(n, info["layers"], info["hidden"], d.max_length)
+    if cfg.model.finetune == "lora":
+        flops -= 2 * n * d.max_length
+    return Task(model=model, train_set=train_set, val_set=test_set, collate_fn=Collate(tokenizer.pad_token_id),
+                flops_per_sample=flops, info=info)
+
+
 # ---- the task -----------------------------------------------------------------------------------------------
 
 def build_task(cfg: Config) -> Task:
     d = cfg.data
+    if d.sft_format == "dialogue_windows":
+        return dialogue_task(cfg)
     train_pairs, test_pairs = load_splits(cfg)
     texts = [TEMPLATE.format(prompt=p["prompt"]) + p["response"] for p in train_pairs]
     tokenizer = load_tokenizer(cfg.model, texts, "bpe", 50257, gpt2.PRESETS[cfg.model.preset][0])

@@ -42,7 +42,9 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from labkit.config import ROOT, Config
 from labkit.data.synthetic.cord19 import generate_cord19
+from labkit.measure import progress_bar
 from labkit.models import roberta, t5
+from labkit.preflight import uses_cuda
 from labkit.tasks import Task, transformer_flops_per_sample
 
 CSV_FORMAT = ("a CSV file with a header row and the columns 'abstract' (the document) and 'title' (its reference "
@@ -260,8 +262,6 @@ def generate_candidates(cfg: Config, rows: list[dict], train_rows: int, device: 
     """Each row with ``candidates`` (the generator's most probable first) and their ``rouge``, after fine-tuning
     the generator on the first ``train_rows`` rows where ``simcls.generator_steps`` asks; one pass over the rows
     in batches of ``simcls.generation_batch``, with a progress bar. Also returns what the fine-tuning did."""
-    from labkit.train import progress_bar  # the loop's module imports the tasks
-
     s, d = cfg.simcls, cfg.data
     tokenizer = load_generator_tokenizer(cfg, [text for r in rows[:train_rows] for text in (r["abstract"], r["title"])])
     generator, _ = t5.build(s.generator, len(tokenizer))
@@ -375,10 +375,9 @@ def load_scorer_tokenizer(cfg: Config, texts: list[str]) -> Any:
 
 
 def build_task(cfg: Config) -> Task:
-    d, s, t = cfg.data, cfg.simcls, cfg.train
+    d, s = cfg.data, cfg.simcls
     train_rows, val_rows = load_pairs(cfg)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
-        if torch.cuda.is_available() and t.accelerator != "cpu" else torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if uses_cuda(cfg) else torch.device("cpu")
     train_rows, val_rows, generated = cached_candidates(cfg, train_rows, val_rows, device)
     train_rows, val_rows = [order_by_rouge(r) for r in train_rows], [order_by_rouge(r) for r in val_rows]
 
@@ -393,23 +392,22 @@ def build_task(cfg: Config) -> Task:
         out = model(batch["input_ids"], batch["candidate_ids"], batch["reference_ids"])
         return ranking_loss(out["scores"], out["reference_scores"], s.margin, s.gold_margin, s.gold_weight)
 
-    c = model.encoder.config
+    c, params = model.encoder.config, roberta.non_embedding_params(model)
     # Every example runs the encoder over its document, its reference and each candidate, at most these lengths.
-    flops = (transformer_flops_per_sample(roberta.non_embedding_params(model), c.num_hidden_layers, c.hidden_size, d.max_length)
-             + (s.num_candidates + 1) * transformer_flops_per_sample(roberta.non_embedding_params(model),
-                                                                      c.num_hidden_layers, c.hidden_size, d.target_length))
+    flops = (transformer_flops_per_sample(params, c.num_hidden_layers, c.hidden_size, d.max_length)
+             + (s.num_candidates + 1) * transformer_flops_per_sample(params, c.num_hidden_layers, c.hidden_size, d.target_length))
     g = s.generator
+    source = g.path if g.weights == "local" else (g.hub_name or t5.PRESETS[g.preset][0])
     info.update(data_source=d.source, train_examples=len(train_set), val_examples=len(val_set),
-                num_candidates=s.num_candidates, generator=f"{t5.PRESETS[g.preset][0] if g.preset in t5.PRESETS else g.preset} "
-                f"({g.preset}, {g.weights} weights)", **generated)
+                num_candidates=s.num_candidates, generator=f"{source} ({g.preset}, {g.weights} weights)", **generated)
     return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=collate, loss=loss,
-                evaluate=make_evaluate(cfg, val_set, collate), flops_per_sample=flops, info=info)
+                evaluate=make_evaluate(val_set, collate), flops_per_sample=flops, info=info)
 
 
-def make_evaluate(cfg: Config, val_set: Reranking, collate: PadBatch):
-    """ROUGE-1/2/L (x100, F-measure) on the validation rows of the candidate the scorer ranks first, of the
-    generator's top beam and of the best candidate (oracle); ``picked_best``: % of rows where the scorer's choice
-    is a candidate with the best ROUGE."""
+def make_evaluate(val_set: Reranking, collate: PadBatch):
+    """ROUGE-1/2/L (x100, F-measure) on the first ``limit`` validation rows (None: all) of the candidate the
+    scorer ranks first, of the generator's top beam and of the best candidate (oracle); ``picked_best``: % of
+    rows where the scorer's choice is a candidate with the best ROUGE."""
     @torch.no_grad()
     def evaluate(model: nn.Module, batch_size: int, limit: int | None) -> dict[str, float]:
         rows = val_set.rows[:limit]

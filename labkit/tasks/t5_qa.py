@@ -98,22 +98,24 @@ def read_gsm8k(path: str | Path) -> list[dict]:
 # ----------------------------------------------------------------------------- loading
 
 
-def _original_splits(cfg: Config, train: list[dict], val: list[dict]) -> tuple[list[dict], list[dict]]:
-    """The original lab 07's preparation where the data options ask for it: one question per distinct context
-    (data.drop_duplicate_contexts), then a random data.val_fraction of the training split (seed train.seed)
-    held out for validation in place of the source's own split (sklearn's train_test_split rounds up)."""
+def _original_splits(cfg: Config, train: list[dict], val: list[dict]) -> tuple[list[dict], list[dict], list[dict] | None]:
+    """Train, validation and test examples. The original lab 07's preparation where the data options ask for it:
+    one question per distinct context (data.drop_duplicate_contexts), then a random data.val_fraction of the
+    training split (seed train.seed; sklearn's train_test_split rounds up) held out for validation, and the
+    source's own split kept as the test set (GSM8K's test.jsonl). Otherwise no test set."""
     d = cfg.data
     if d.drop_duplicate_contexts:
         train = list({e["context"]: e for e in reversed(train)}.values())[::-1]  # the first question of each context
     if not d.val_fraction:
-        return train, val
+        return train[: d.train_examples], val[: d.val_examples], None
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
     held = order[: math.ceil(d.val_fraction * len(train))]
     kept = set(held)
-    return [e for i, e in enumerate(train) if i not in kept], [train[i] for i in held]
+    rest = [e for i, e in enumerate(train) if i not in kept]
+    return rest[: d.train_examples], [train[i] for i in held][: d.val_examples], val or None
 
 
-def load_gsm8k(cfg: Config) -> tuple[list[dict], list[dict]]:
+def load_gsm8k(cfg: Config) -> tuple[list[dict], list[dict], list[dict] | None]:
     d = cfg.data
     if d.source == "embedded":
         train = generate_gsm8k(d.train_examples or EMBEDDED_SIZES["train"], 2 * cfg.train.seed)
@@ -125,11 +127,10 @@ def load_gsm8k(cfg: Config) -> tuple[list[dict], list[dict]]:
         name, config = d.hub_name or GSM8K_HUB[0], d.hub_config or GSM8K_HUB[1]
         train, val = ([{"question": r["question"], "answer": r["answer"]} for r in load_hub(name, config, split)]
                       for split in ("train", "test"))
-    train, val = _original_splits(cfg, train, val)
-    return train[: d.train_examples], val[: d.val_examples]
+    return _original_splits(cfg, train, val)
 
 
-def load_bioqa(cfg: Config) -> tuple[list[dict], list[dict]]:
+def load_bioqa(cfg: Config) -> tuple[list[dict], list[dict], list[dict] | None]:
     d = cfg.data
     if d.source == "embedded":
         # 2 to 4 questions a passage, so n/2 passages give n; disjoint seeds: validation passages are unseen
@@ -147,8 +148,7 @@ def load_bioqa(cfg: Config) -> tuple[list[dict], list[dict]]:
         keys = ("id", "context", "question", "answers")
         train, val = ([{"title": row.get("title", ""), **{k: row[k] for k in keys}}
                        for row in load_hub(d.hub_name or BIOQA_HUB, d.hub_config, split)] for split in ("train", "validation"))
-    train, val = _original_splits(cfg, train, val)
-    return train[: d.train_examples], val[: d.val_examples]
+    return _original_splits(cfg, train, val)
 
 
 def text_pairs(dataset: str, examples: list[dict], gsm8k_answer: str = "solution") -> list[tuple[str, str]]:
@@ -186,8 +186,9 @@ class TextToText:
 
 def build_task(cfg: Config) -> Task:
     d = cfg.data
-    train_examples, val_examples = (load_gsm8k if d.dataset == "gsm8k" else load_bioqa)(cfg)
+    train_examples, val_examples, test_examples = (load_gsm8k if d.dataset == "gsm8k" else load_bioqa)(cfg)
     train_set, val_set = (text_pairs(d.dataset, e, d.gsm8k_target) for e in (train_examples, val_examples))
+    test_set = text_pairs(d.dataset, test_examples, d.gsm8k_target) if test_examples else None
     tokenizer = load_tokenizer(cfg.model, [text for pair in train_set for text in pair if text], "unigram", t5.T5_VOCAB,
                                t5.PRESETS[cfg.model.preset][0])
     model, info = t5.build(cfg.model, len(tokenizer))
@@ -197,6 +198,7 @@ def build_task(cfg: Config) -> Task:
     lengths = tokenizer([s for s, _ in train_set] + [t for _, t in train_set])["input_ids"]
     n = len(train_set)
     info.update(data_source=d.source, dataset=d.dataset, train_examples=n, val_examples=len(val_set),
+                test_examples=len(test_set) if test_set else 0,
                 sources_truncated=sum(len(x) > d.max_length for x in lengths[:n]) / n,
                 targets_truncated=sum(len(x) > d.target_length for x in lengths[n:]) / n)
     encoder, decoder = t5.non_embedding_params(t5_of(model))
@@ -208,7 +210,7 @@ def build_task(cfg: Config) -> Task:
              + 12 * c.num_decoder_layers * inner * d.max_length * d.target_length
              + 6 * c.d_model * c.vocab_size * d.target_length)
     return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=collate, evaluate=evaluate,
-                flops_per_sample=flops, info=info)
+                flops_per_sample=flops, info=info, test_set=test_set)
 
 
 def t5_of(model: nn.Module) -> nn.Module:

@@ -1,0 +1,60 @@
+"""The values of the tables the notebooks show, computed from records built here (no run behind them)."""
+import pytest
+
+from labkit import plots
+from labkit.config import Config
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def record(config: str, summary: dict | None = None, status: str = "ok", task: str = "cifar_resnext", **sections) -> dict:
+    cfg = Config.model_validate({"task": task, **sections})
+    return {"run": {"notebook": "nb", "config": config, "profile": "gpu", "params_file": f"params/nb/{config}.yaml",
+                    "overrides": {}, "started": "2025-01-01 10:00:00"},
+            "params": cfg.model_dump(mode="json"), "status": status, "error": None if status == "ok" else f"{status}: why",
+            "env": {"device": "cuda", "device_name": H100, "device_count": 1}, "summary": summary or {},
+            "curves": {}, "info": {}}
+
+
+def test_precision_table_speed_up_is_over_the_same_models_fp32_run():
+    records = [
+        record("resnext_fp32", {"samples_per_s": 100.0, "step_s": 0.5, "fwd_bwd_s": 0.3, "optimizer_s": 0.1}),
+        record("resnext_bf16", {"samples_per_s": 250.0, "step_s": 0.2}, train={"precision": "bf16-mixed"}),
+        record("resnext_fp16", status="oom", train={"precision": "16-mixed"}),
+        record("bert_fp32", {"samples_per_s": 40.0}, task="bert_squad"),
+        record("bert_tf32", {"samples_per_s": 60.0}, task="bert_squad", train={"precision": "tf32"}),
+    ]
+    table = plots.precision_table(records).reset_index().set_index("config")
+    assert table.loc["resnext_bf16", "speed-up over fp32"] == pytest.approx(2.5)
+    assert table.loc["resnext_fp32", "speed-up over fp32"] == pytest.approx(1.0)
+    assert table.loc["bert_tf32", "speed-up over fp32"] == pytest.approx(1.5)  # against BERT's fp32, not ResNeXt's
+    assert table.loc["resnext_fp32", "step (ms)"] == pytest.approx(500.0)
+    assert table.loc["resnext_fp32", "compute / step (ms)"] == pytest.approx(400.0)
+    assert table.loc["resnext_bf16", "precision"] == "bf16" and table.loc["resnext_fp16", "status"] == "oom"
+    assert table.loc["resnext_fp16", "note"] == "oom: why"
+
+
+def test_sweep_table_orders_the_sweep_and_computes_the_trainable_share():
+    def lora(rank, optimizer="adamw"):
+        return {"model": {"finetune": "lora", "lora": {"rank": rank}}, "train": {"optimizer": optimizer}}
+
+    records = [record("r1_sgd", {"params_trainable": 10, "params_total": 1000}, task="gpt2_sft", **lora(1, "sgd")),
+               record("r1_adamw", {"params_trainable": 10, "params_total": 1000}, task="gpt2_sft", **lora(1)),
+               record("full", {"params_trainable": 1000, "params_total": 1000}, task="gpt2_sft"),
+               record("r100", {"params_trainable": 400, "params_total": 1400}, task="gpt2_sft", **lora(100))]
+    table = plots.sweep_table(records)
+    assert list(table.index) == ["full", "r100", "r1_adamw", "r1_sgd"]  # full, then rank falling, then AdamW to SGD
+    assert table.loc["r100", "trainable %"] == pytest.approx(100 * 400 / 1400)
+    assert table.loc["full", "fine-tuning"] == "full" and table.loc["r100", "fine-tuning"] == "LoRA r=100"
+
+
+def test_loader_table_reads_phases_and_epochs():
+    runs = [record("workers_4", {"data_s": 0.002, "fwd_bwd_s": 0.010, "optimizer_s": 0.002, "samples_per_s": 900.0},
+                   data={"num_workers": 4, "pin_memory": True}),
+            record("gpu_resident", {"data_s": 0.0001}, data={"on_gpu": True, "pin_memory": False})]
+    runs[0]["curves"]["epoch_time_s"] = [30.0, 20.0]
+    table = plots.loader_table(runs)
+    assert table.loc["workers_4", "loader"] == "4 worker(s)" and table.loc["gpu_resident", "loader"] == "data set on the GPU"
+    assert table.loc["workers_4", "data wait / step (ms)"] == pytest.approx(2.0)
+    assert table.loc["workers_4", "compute / step (ms)"] == pytest.approx(12.0)
+    assert (table.loc["workers_4", "first epoch (s)"], table.loc["workers_4", "last epoch (s)"]) == (30.0, 20.0)
