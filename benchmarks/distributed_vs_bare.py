@@ -2,8 +2,8 @@
 
     python benchmarks/distributed_vs_bare.py --out docs/measured/2xH200-distributed.csv
 
-Every row is a notebook 05 configuration run by ``labkit.run`` in a process of its own (the notebook's
-own call: in-process for one device and DataParallel, through labkit's launcher for ddp, fsdp and
+Every row is a notebook 05 configuration run by ``labkit.run`` in a process of its own, as the notebook
+runs it (in-process for one device and DataParallel, through labkit's launcher for ddp, fsdp and
 deepspeed), beside the bare loop of the same strategy (``benchmarks/bare_distributed.py``, run with
 torchrun on labkit's own first batches). Columns:
 
@@ -18,6 +18,7 @@ is row ROW again with those overrides (e.g. one instrument switched off), so tha
 is read off rows measured on the same machine start:
 
     python benchmarks/distributed_vs_bare.py single ddp ddp:measure.profile_steps=0 fsdp --out distributed.csv
+
 A configuration this machine cannot run (too few GPUs, DeepSpeed missing) is a row with its status.
 """
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -65,11 +65,14 @@ ROWS = [
 def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float) -> dict:
     """One configuration through labkit.run in a fresh Python process; returns its results record."""
     overrides = {**common, **row.overrides}
-    code = ("import json, sys, labkit\n"
+    code = ("import json, labkit\n"
             f"r = labkit.run('params/{NOTEBOOK}/{row.config}.yaml', 'gpu', {overrides!r}, runs_dir={str(runs_dir)!r})\n"
             "print('LABKIT_RESULT ' + json.dumps({'status': r['status'], 'error': r.get('error'), "
             "'summary': r['summary']}), flush=True)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "timed out", "error": f"still running after {timeout_s:.0f} s", "summary": {}}
     for line in out.stdout.splitlines():
         if line.startswith("LABKIT_RESULT "):
             return json.loads(line.removeprefix("LABKIT_RESULT "))
@@ -78,15 +81,18 @@ def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float) -> dict
 
 
 def run_bare(strategy: str, devices: int, args: argparse.Namespace) -> dict:
-    """bare_distributed.py under torchrun; returns its JSON line."""
+    """bare_distributed.py under torchrun; returns its JSON line (samples_per_s None, and why, if it gave none)."""
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
             str(HERE / "bare_distributed.py"), "--strategy", strategy, "--batches-from", BARE_INPUT,
             "--warmup", str(args.bare_warmup), "--steps", str(args.bare_steps)]
-    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout_s)
+    try:
+        out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"samples_per_s": None, "error": f"still running after {args.timeout_s:.0f} s"}
     for line in out.stdout.splitlines():
         if line.startswith('{"bench": "bare_distributed"'):
             return json.loads(line)
-    raise RuntimeError(f"bare {strategy} on {devices} GPU(s) printed no result:\n{out.stderr[-3000:]}")
+    return {"samples_per_s": None, "error": out.stderr[-3000:]}
 
 
 def parse_row(text: str) -> Row:

@@ -4,9 +4,9 @@
     python benchmarks/time_configs.py --set train.max_steps=300 --out runs.csv params/01_baseline_bert_squad/baseline_bf16.yaml
 
 Run it from the kit's root (the one whose labkit is imported). Each configuration runs in a Python process
-of its own, so the wall time includes everything a notebook's
-run cell costs: imports, data and tokenizer, model set-up, the launcher's processes, training, validation
-and generation. One CSV row per configuration, written as soon as it finishes.
+of its own, so the wall time includes everything a notebook's run cell costs: imports, data and tokenizer,
+model set-up, the launcher's processes, training, validation and generation. One CSV row per configuration,
+written as soon as it finishes.
 """
 from __future__ import annotations
 

@@ -247,6 +247,17 @@ class MeasureConfig(_Section):
     nvtx: bool = True
     memory_budget_gb: float | None = Field(None, gt=0)  # batch-size search (notebook 04)
     max_batch: int = Field(4096, gt=0)
+    # gpt2_sft, after training: dialogue quality as the original lab 06 scored it (labkit.reward). off; random: a tiny
+    # DeBERTa-v2 with random weights (the path, offline); hub: OpenAssistant/reward-model-deberta-v3-large-v2; local
+    reward_model: Literal["off", "random", "hub", "local"] = "off"
+    reward_model_path: str | None = None  # the reward model's folder (reward_model: local)
+    reward_prompts: int = Field(166, gt=0)  # test prompts answered and scored (the original: the 166 of its prompts.csv)
+
+    @model_validator(mode="after")
+    def _check(self) -> "MeasureConfig":
+        if self.reward_model == "local" and not self.reward_model_path:
+            raise ValueError("measure.reward_model is 'local' but measure.reward_model_path is not set: set it to the folder")
+        return self
 
 
 class SimclsConfig(_Section):
@@ -291,7 +302,8 @@ class Config(_Section):
                 "data.gsm8k_target 'final_number'": (self.data.gsm8k_target == "final_number", "t5_qa"),
                 "data.drop_duplicate_contexts": (self.data.drop_duplicate_contexts, "t5_qa"),
                 "model.init 'kaiming_uniform'": (self.model.init == "kaiming_uniform", "cifar_resnext"),
-                "data.sft_format 'dialogue_windows'": (self.data.sft_format == "dialogue_windows", "gpt2_sft")}
+                "data.sft_format 'dialogue_windows'": (self.data.sft_format == "dialogue_windows", "gpt2_sft"),
+                f"measure.reward_model '{self.measure.reward_model}'": (self.measure.reward_model != "off", "gpt2_sft")}
         for option, (used, task) in only.items():
             if used and self.task != task:
                 raise ValueError(f"{option} applies to task '{task}' only, not '{self.task}': remove it")

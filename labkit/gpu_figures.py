@@ -30,8 +30,7 @@ def table(notebook: str, path: Path = FIGURES) -> pd.DataFrame:
     for config in configs:
         if (notebook, config) in rows.index:
             row = rows.loc[(notebook, config)]
-            out.append({"config": config, **{label: row[key] for key, label in COLUMNS.items()}})
+            out.append({"config": config, **{label: row[key] if pd.notna(row[key]) else "" for key, label in COLUMNS.items()}})
         else:
-            out.append({"config": config, "device": "unmeasured"})
-    frame = pd.DataFrame(out, columns=["config", *COLUMNS.values()]).set_index("config")
-    return frame.fillna("")
+            out.append({"config": config, **dict.fromkeys(COLUMNS.values(), ""), "device": "unmeasured"})
+    return pd.DataFrame(out, columns=["config", *COLUMNS.values()]).set_index("config")

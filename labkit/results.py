@@ -21,6 +21,7 @@ import pandas as pd
 from labkit.config import ROOT
 
 RUNS_DIR = ROOT / "runs"
+TRACE = "trace.json.gz"  # the profiled steps' Chrome trace, beside result.json; a record's "trace" names it
 STATUSES = ("ok", "oom", "failed", "skipped", "running")
 
 

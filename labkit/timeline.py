@@ -100,11 +100,17 @@ def rows(source: dict | str | Path | Sequence[dict], steps: int = 3, runs_dir: s
     start = min(e["ts"] for e in marked)
     ends = [e["ts"] + e["dur"] for e in phases if e["name"] == "optimizer"]
     end = ends[min(steps, len(ends)) - 1] if ends else max(e["ts"] + e["dur"] for e in marked)
-    device = [e for e in events if _kind(e) and start <= e["ts"] <= end]
+    # device work belongs to the window when the host launched it there (the GPU may run it later); traces
+    # without correlation ids fall back to when it started
+    launched = {e["args"]["correlation"] for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver")
+                and start <= e["ts"] <= end and "correlation" in e.get("args", {})}
+    device = [e for e in events if _kind(e) and (e.get("args", {}).get("correlation") in launched if launched
+                                                 else start <= e["ts"] <= end)]
     device_end = max([end] + [e["ts"] + e["dur"] for e in device])
     bars = [("host: step phases", e["name"], e["name"], e) for e in phases if start <= e["ts"] < end]
-    threads = sorted({(e["pid"], e["tid"]) for e in _top_level(events)}, key=str)
-    for e in _top_level(events):
+    operators = _top_level(events)
+    threads = sorted({(e["pid"], e["tid"]) for e in operators}, key=str)
+    for e in operators:
         if start <= e["ts"] < end:
             bars.append((f"host thread {threads.index((e['pid'], e['tid'])) + 1}: operators", e["name"], "operator", e))
     for e in device:

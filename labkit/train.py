@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,16 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
     micro_steps = len(train_loader) // t.grad_accum * t.grad_accum  # per epoch: whole optimizer steps only
     total_steps = count_steps(cfg, len(train_loader), len(task.train_set))
     schedule = build_schedule(optimizer, t, total_steps)
-    step, best = 0, None
+    step, best, val_time = 0, None, 0.0
+
+    def validation(epoch: float) -> None:
+        """Validate, record, keep the weights if best (train.keep_best); its time adds to val_time_s, apart from training."""
+        nonlocal best, val_time
+        start = time.perf_counter()
+        meter.validated(epoch, validate(cfg, task, model, val_loader, fabric))
+        val_time += time.perf_counter() - start  # validate() ends on .item(): the device has finished
+        best = keep_if_best(t, model, meter, best)
+
     with meter.training(model, optimizer, total_steps):
         for epoch in range(t.epochs):
             model.train()
@@ -172,14 +182,12 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
                     epoch_ends = micro + t.grad_accum >= micro_steps and t.eval_every_epoch  # validated just below
                     if t.eval_every_steps and step % t.eval_every_steps == 0 and not epoch_ends:
                         with meter.validating():  # a test curve beside the training curve
-                            meter.validated(epoch + (micro + 1) / micro_steps, validate(cfg, task, model, val_loader, fabric))
-                            best = keep_if_best(t, model, meter, best)
+                            validation(epoch + (micro + 1) / micro_steps)
             if t.eval_every_epoch or step == total_steps:
-                meter.validated(epoch + 1, validate(cfg, task, model, val_loader, fabric))
-                best = keep_if_best(t, model, meter, best)
+                validation(epoch + 1)
             if step == total_steps:
                 break
-    return meter.result(task.flops_per_sample, **counts, **finish(cfg, task, model, fabric, best),
+    return meter.result(task.flops_per_sample, **counts, **finish(cfg, task, model, fabric, best), val_time_s=val_time,
                         global_batch=process_batch(cfg) * t.grad_accum * fabric.world_size)
 
 
@@ -192,7 +200,8 @@ def keep_if_best(t: TrainConfig, model: nn.Module, meter: Meter, best: dict | No
 
 
 def finish(cfg: Config, task: Task, model: nn.Module, fabric: Fabric, best: dict | None) -> dict[str, Any]:
-    """The run ends with the best validation's weights (train.keep_best), then the test set's loss (task.test_set)."""
+    """The run ends with the best validation's weights (train.keep_best), then the test set's loss (task.test_set)
+    and the task's final evaluation (task.final_evaluate)."""
     ending: dict[str, Any] = {}
     if best is not None:
         model.load_state_dict(best["state"])
@@ -201,6 +210,9 @@ def finish(cfg: Config, task: Task, model: nn.Module, fabric: Fabric, best: dict
         test_loader = fabric.setup_dataloaders(make_loader(cfg, task.test_set, task.collate_fn, False))
         whole = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval_batches": None})})  # all of it
         ending["test_loss"] = validate(whole, dataclasses.replace(task, evaluate=None), model, test_loader, fabric)["val_loss"]
+    if task.final_evaluate is not None:
+        model.eval()
+        ending.update(task.final_evaluate(getattr(model, "module", model)))  # the model inside Fabric's wrapper
     return ending
 
 

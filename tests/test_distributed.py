@@ -131,7 +131,7 @@ def test_a_rank_that_raises_ends_the_run_with_its_error(toy, tmp_path, monkeypat
 
 
 def test_a_hung_rank_ends_the_run_at_the_timeout_with_its_stack(toy, tmp_path, monkeypatch):
-    """Rank 1 hangs; rank 0 is stopped with SIGSTOP (kill -STOP), as a rank stuck in the kernel would be. Both are
+    """Rank 1 hangs; rank 0 is stopped with SIGSTOP (kill -STOP), as a rank stuck in a driver call would be. Both are
     gone after the timeout: each rank sits in its own process group, which the stop must reach."""
     monkeypatch.setenv("TOY_HANG_RANK", "1")
     seen, ended = {}, threading.Event()
@@ -156,6 +156,8 @@ def test_a_hung_rank_ends_the_run_at_the_timeout_with_its_stack(toy, tmp_path, m
     # machine so loaded that it was still importing, where it was.
     if record["launch"]["ranks"].get("1") == "running":
         assert re.search(r"\[rank1\] .*\(most recent call first\)", record["traceback"])
+    if not seen:
+        pytest.skip("this machine is so loaded that the ranks were still importing at the timeout: none was stopped")
 
 
 def test_a_rank_killed_by_a_signal_is_named_with_it(toy, tmp_path, monkeypatch):

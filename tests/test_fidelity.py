@@ -282,6 +282,7 @@ def test_eval_every_steps_validates_inside_epochs_outside_the_steady_state():
     assert [step for step, *_ in out["curves"]["val_loss"]] == [3, 6, 8, 9, 12, 15, 16]
     assert [epoch for _, epoch, _ in out["curves"]["val_loss"]][:2] == [0.375, 0.75]
     assert out["summary"]["steps"] == 16 and out["summary"]["steady_state"]
+    assert out["summary"]["val_time_s"] > 0  # validation timed apart from training (the original's tables add them)
 
 
 def test_keep_best_ends_with_the_best_validation_weights_and_tests_them():
@@ -295,6 +296,7 @@ def test_keep_best_ends_with_the_best_validation_weights_and_tests_them():
     # a learning rate far too high: validation loss rises after the first epochs, as in the original 5-epoch run
     cfg = config.Config.model_validate({"task": "cifar_resnext", "measure": {"warmup_steps": 1}, "train": {
         "epochs": 6, "batch_size": 16, "lr": 3.0, "optimizer": "sgd", "keep_best": True, "log_every": 4}})
+    torch.manual_seed(0)
     task = Task(model=torch.nn.Linear(8, 2), train_set=data(64), val_set=data(32), test_set=data(48))
     fabric = make_fabric(cfg)
     out = fit(cfg, task, fabric)
@@ -319,3 +321,58 @@ def test_kaiming_uniform_init_draws_the_original_weights():
     default, _ = resnext.build(ModelConfig(preset="tiny"))
     assert default.blocks[0].conv2.weight.abs().max() < 0.6 * bound  # PyTorch's a=sqrt(5): a bound sqrt(3) times smaller
     assert "kaiming_uniform" in info["weights_source"]
+
+
+# ---- GPT-2: the original lab 06's data and loss ------------------------------------------------------------
+
+
+def test_dialogue_windows_train_on_every_token_of_the_joined_dialogues(tmp_path):
+    import json
+
+    from labkit.tasks import build_task
+
+    dialogues = [f"\n\nHuman: what is {i} plus {i}?\n\nAssistant: {2 * i}." for i in range(60)]
+    (tmp_path / "sft_train.json").write_text(json.dumps(dialogues))
+    (tmp_path / "sft_test.json").write_text(json.dumps(dialogues[:20]))
+    cfg = config.load(config.PARAMS_DIR / "06_lora_optimizer_sweep/r1_sgd.yaml", "smoke", {
+        "data": {"source": "local", "path": str(tmp_path / "sft_train.json"), "val_path": str(tmp_path / "sft_test.json"),
+                 "sft_format": "dialogue_windows", "max_length": 32, "doc_stride": 0}})
+    task = build_task(cfg)
+    train, test = task.train_set, task.val_set
+    eos = train.tokens[-1]
+    assert train.tokens.count(eos) == 60  # each dialogue ended by end-of-text, all joined
+    assert len(train) == len(train.tokens) // 32
+    batch = task.collate_fn([train[0], train[1]])
+    assert batch["input_ids"].shape == (2, 32) and torch.equal(batch["labels"], batch["input_ids"])  # loss on every token
+    assert test[5] == test[5] and any(train[0] != train[0] for _ in range(5))  # test windows fixed, training ones drawn
+    with pytest.raises(ConfigError, match="applies to task 'gpt2_sft' only"):
+        config.load(config.PARAMS_DIR / "02_dataloader_workers/workers_2.yaml", "smoke", {"data.sft_format": "dialogue_windows"})
+
+
+# ---- GPT-2: the original lab 06's outcome measure ---------------------------------------------------------------
+
+
+def test_dialogue_quality_counts_ties_for_the_fine_tuned_model():
+    from labkit.reward import dialogue_quality
+
+    assert dialogue_quality([1.0, 0.5, 0.2, 0.0], [0.5, 0.5, 0.3, 0.1]) == 0.5  # eval.py: score_a <= score_b
+
+
+def test_the_reward_path_runs_offline_with_a_random_reward_model():
+    from labkit.data.tokenizers import train_bpe
+    from labkit.models import gpt2
+    from labkit.reward import evaluate
+
+    prompts = ["Sort the numbers: 3, 1, 2", "Add 2 and 5"]
+    tokenizer = train_bpe(prompts * 20 + ["Human: Assistant: 1, 2, 3 7"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    tuned, _ = gpt2.build(ModelConfig(preset="tiny"), len(tokenizer))
+    untuned, _ = gpt2.build(ModelConfig(preset="tiny"), len(tokenizer))
+    measure = config.MeasureConfig(reward_model="random")
+    summary, rows = evaluate(measure, tuned.eval(), untuned.eval(), tokenizer, prompts)
+    assert summary["reward_prompts"] == 2 and summary["dialogue_quality"] in (0.0, 0.5, 1.0)
+    assert [r["prompt"] for r in rows] == prompts
+    assert all("<|endoftext|>" not in r["tuned"] + r["untuned"] for r in rows)  # cut at end-of-text
+    assert summary["reward_tuned_mean"] == pytest.approx(sum(r["tuned_score"] for r in rows) / 2)
+    with pytest.raises(ConfigError, match="reward_model_path"):
+        config.load(config.PARAMS_DIR / "06_lora_optimizer_sweep/r1_sgd.yaml", "smoke", {"measure.reward_model": "local"})

@@ -64,10 +64,10 @@ def test_grading_pages_show_answers_and_checks_per_student_and_lab(tmp_path):
     page = (out / "grading" / "ada" / "03_mixed_precision.html").read_text()
     panel = re.search(r'<aside class="labkit-panel">(.*?)</aside>', page, re.S).group(1)
     assert "Rank the settings by speed-up." in panel and "ada: bf16 is fastest &lt;b&gt;here&lt;/b&gt;" in panel
-    assert 'class="a missing">no answer' in panel and "pass:" in panel
+    assert 'class="a missing">no answer' in panel and "check 1: pass" in panel
     assert "data:image/png;base64," in page  # the figures the answers refer to, on the same page
     failing = (out / "grading" / "alan" / "03_mixed_precision.html").read_text()
-    assert "fail:" in failing and "fp16_step kept an overflowing step" in failing
+    assert "check 1: fail" in failing and "fp16_step kept an overflowing step" in failing
     assert "ada/03_mixed_precision.html" in (out / "grading" / "labs" / "03_mixed_precision.html").read_text()
     assert 'href="03_mixed_precision.html"' in (out / "grading" / "ada" / "index.html").read_text()
 

@@ -152,3 +152,10 @@ def test_peak_lookup_and_environment():
     assert measure.peak_tflops("Some CPU", "32") is None
     env = measure.environment(torch.device("cpu"))
     assert env["device"] == "cpu" and env["torch"] == torch.__version__
+
+
+def test_the_environment_counts_the_devices_a_run_takes_part_on(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ddp = Config.model_validate({"task": "bert_squad", "train": {"strategy": "ddp", "devices": 2, "num_nodes": 2}})
+    env = measure.environment_of(ddp)
+    assert env["device"] == "cpu" and env["device_count"] == 2  # CPU ranks of this machine; nodes count on GPUs only

@@ -212,7 +212,7 @@ def test_comparison_sections_show_every_record_whatever_the_run_order(tmp_path):
     report.build("gpu", runs, tmp_path / "reports", rerun=True)
     for config in ("bert_fp32", "bert_bf16"):
         page = (tmp_path / "reports" / "03_mixed_precision" / f"{config}.html").read_text()
-        assert "configurations: [&#x27;bert_bf16&#x27;, &#x27;bert_fp32&#x27;]" in page, config
+        assert "configurations: ['bert_bf16', 'bert_fp32']" in html.unescape(page), config
 
 
 HARNESS = """<!doctype html><html><body><pre id="out">pending</pre><script>

@@ -218,6 +218,31 @@ def test_packed_batches_are_refused_before_any_work():
     assert any("simcls" in problem for problem in setting_conflicts(cfg))
 
 
+def test_tables_show_each_setup_and_rouge_before_and_after_re_ranking():
+    from labkit import plots
+
+    def record(config, status, **summary):
+        params = {"data": {"num_workers": 2}, "train": {"precision": "bf16-mixed", "batch_size": 4, "grad_accum": 2},
+                  "model": {"checkpointing": "full", "checkpoint_every": 2}, "simcls": {"num_candidates": 4}}
+        return {"run": {"config": config}, "status": status, "params": params, "env": {"device": "cpu"},
+                "summary": summary, "curves": {"epoch_time_s": [3.0, 2.0]}, "error": "" if status == "ok" else "skipped: x"}
+
+    rouge = {f"{p}{k}": v for p, base in (("", 20), ("top_beam_", 10), ("oracle_", 30))
+             for k, v in zip(("rouge1", "rouge2", "rougeL"), (base, base / 2, base - 1))}
+    done = record("bf16", "ok", step_s=0.5, data_s=0.1, fwd_bwd_s=0.3, optimizer_s=0.1, samples_per_s=8.0,
+                  final_train_loss=0.1, picked_best=50.0, **rouge)
+    skipped = record("fp16", "skipped")
+    assert plots.setup_of(done) == "2 worker(s) · bf16 · every layer checkpointed · batch 4 x 2 accumulated"
+    times = plots.simcls_table([done, skipped])
+    assert times.loc["bf16", "step (ms)"] == 500 and times.loc["bf16", "loader wait / step (ms)"] == 100
+    assert times.loc["bf16", "compute / step (ms)"] == 400 and times.loc["bf16", "last epoch (s)"] == 2.0
+    assert times.loc["fp16", "status"] == "skipped" and times.loc["fp16", "note"] == "skipped: x"
+    table = plots.rouge_table([done, skipped])
+    assert list(table.index) == ["bf16"]  # a run without ROUGE has no row
+    assert table.loc["bf16", ("generator's top beam", "R-1")] == 10 and table.loc["bf16", ("re-ranked by the scorer", "R-2")] == 10
+    assert table.loc["bf16", ("best candidate (oracle)", "R-L")] == 29 and table.loc["bf16", "picked best (%)"] == 50
+
+
 # ----------------------------------------------------------------------------- one configuration, trained
 
 

@@ -198,6 +198,24 @@ print(json.dumps(sys.argv[1:]))' "$@" >> {log}""")))
     assert not [p for p in (kit, tmp_path) for p in p.glob("pwned*")]
 
 
+def test_hostile_params_file_names_are_planned_whole_with_safe_job_names(monkeypatch, tmp_path):
+    params, notebooks = tmp_path / "params" / "01_baseline_bert_squad", tmp_path / "notebooks"
+    params.mkdir(parents=True)
+    notebooks.mkdir()
+    (notebooks / "01_baseline_bert_squad.ipynb").write_text("{}")
+    for name in ("s$(touch X)", "ddp copy"):
+        (params / f"{name}.yaml").write_text("task: bert_squad\n")
+    monkeypatch.setattr(runall, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(runall, "PARAMS", tmp_path / "params")
+    [array] = slurm.plan("smoke")
+    assert array.configs == ["ddp copy", "s$(touch X)"] and array.name == "01_baseline_bert_squad-cpu"
+    [one] = slurm.plan("smoke", configs=["s$(touch X)"])
+    assert one.name == "01_baseline_bert_squad-s__touch_X_"
+    text = slurm.script(one, "smoke", tmp_path / "runs", None, None)
+    assert shlex.split(re.search(r"^config=(.*)$", text, re.M).group(1)) == ["s$(touch X)"]
+    assert "#SBATCH --job-name=labkit-smoke-01_baseline_bert_squad-s__touch_X_\n" in text
+
+
 def test_partition_and_account_must_be_slurm_names(monkeypatch, capsys):
     monkeypatch.setenv("LABKIT_SLURM_PARTITION", "gpu\ntouch pwned")
     with pytest.raises(SystemExit) as stopped:

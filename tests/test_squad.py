@@ -206,9 +206,9 @@ def test_load_examples_hub(monkeypatch):
 
 
 def test_generated_data_is_consistent():
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other work on a loaded machine does not count
     data = generate_squad(180, seed=0)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     examples = squad.flatten_squad(data, "generated")
     assert len(examples) >= 2000
     assert data["version"] == "v2.0"

@@ -9,6 +9,7 @@ live here, not in the notebooks.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -142,8 +143,8 @@ def test_gpu_figures_name_real_configurations_and_mark_the_rest_unmeasured():
     for notebook, config in measured.index:
         assert (PARAMS_DIR / notebook / f"{config}.yaml").is_file(), f"{notebook}/{config} in {gpu_figures.FIGURES.name}"
     assert measured["source"].str.startswith("docs/benchmarks.md").all() and measured["device"].str.len().gt(0).all()
-    table = gpu_figures.table("05_ddp_fsdp")  # nothing measured on several GPUs yet
-    assert set(table["device"]) == {"unmeasured"} and "ddp" in table.index
+    table = gpu_figures.table("05_ddp_fsdp")
+    assert table.loc["ddp", "device"] == "2x NVIDIA H200" and table.loc["ddp_8gpu", "device"] == "unmeasured"
     table = gpu_figures.table("03_mixed_precision")
     assert table.loc["resnext_fp32", "samples/s"] == 2518 and table.loc["resnext_fp32", "date"] == "2026-11-25"
 
@@ -154,3 +155,17 @@ def test_each_lab_shows_its_timeline_and_gpu_figures(path):
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "timeline.draw(record" in code and "timeline.top_kernels(record" in code and "make nsys" in code
     assert f'gpu_figures.table("{path.stem}")' in code
+
+
+@pytest.mark.parametrize("name", sorted(ANSWERS))
+def test_where_labkit_does_this_names_files_and_functions_that_exist(name):
+    """Every file named under 'Where labkit does this' exists, and every name in backticks is in one of them."""
+    root = NOTEBOOKS.parent
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    text = next(c.source for c in nb.cells if "technique" in c.metadata.get("tags", []) and "Where labkit does this" in c.source)
+    text = text[text.index("Where labkit does this"):]
+    files = re.findall(r"`(labkit/[\w/]+\.py)`", text)
+    assert files and all((root / f).is_file() for f in files), files
+    source = "\n".join((root / f).read_text() for f in files)
+    for word in re.findall(r"`([A-Za-z_]\w*)`", text):
+        assert re.search(rf"\b{word}\b", source), f"`{word}` is named in {name} but is not in {files}"

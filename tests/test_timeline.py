@@ -118,3 +118,18 @@ def test_nsys_command_profiles_cuda_and_nvtx_with_memory():
     assert command[command.index("--cuda-memory-usage") + 1] == "true"
     assert command[-2:] == ["params/02_dataloader_workers/workers_2.yaml", "gpu"] and "out/w2" in command
     assert timeline.main(["--config", "params/02_dataloader_workers/workers_2.yaml", "--dry-run"]) == 0
+
+
+def test_device_work_belongs_to_the_step_that_launched_it():
+    """A GPU running behind the host: step 2's kernel starts after the host has finished step 2."""
+    events = []
+    for s, (launch, run) in enumerate([(100, 150), (1_100, 2_050)]):
+        t = 1_000 * s
+        events += [x("forward", "user_annotation", t, 500), x("optimizer", "user_annotation", t + 500, 500),
+                   x("cudaLaunchKernel", "cuda_runtime", launch, 5, correlation=s),
+                   x(f"gemm_{s}", "kernel", run, 800, pid=0, tid=7, device=0, stream=7, correlation=s)]
+    events.append(x("cudaLaunchKernel", "cuda_runtime", 2_100, 5, correlation=9))  # a third step's launch
+    events.append(x("gemm_9", "kernel", 2_900, 100, pid=0, tid=7, device=0, stream=7, correlation=9))
+    bars = timeline.rows(events, steps=2)
+    assert set(bars[bars["row"] == "GPU 0 stream 7"]["name"]) == {"gemm_0", "gemm_1"}
+    assert bars.attrs["window_ms"] == pytest.approx(2.85)  # until the last launched kernel ends

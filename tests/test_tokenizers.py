@@ -130,6 +130,18 @@ def test_fast_on_a_megabyte():
     texts = [e["context"] + " " + e["question"] for e in examples]
     assert sum(map(len, texts)) > 1_000_000
     for train in TRAINERS:
-        start = time.perf_counter()
+        # CPU time of this process (all of the trainer's threads), not wall time: a loaded machine cannot fail it
+        start = time.process_time()
         train(texts, vocab_size=8000)
-        assert time.perf_counter() - start < 10, train.__name__
+        assert time.process_time() - start < 20, train.__name__
+
+
+def test_one_loader_for_every_task_tokenizer():
+    from labkit.config import ModelConfig
+    from labkit.data.tokenizers import TINY_VOCAB, load_tokenizer
+
+    texts = [e["context"] for e in squad.flatten_squad(generate_squad(20, seed=1), "generated")]
+    tiny = load_tokenizer(ModelConfig(preset="tiny"), texts, "bpe", 50257, None)
+    assert isinstance(tiny, GPT2TokenizerFast) and len(tiny) <= TINY_VOCAB
+    with pytest.raises(ValueError, match="model.preset 'tiny' has no pretrained tokenizer.*model.hub_name"):
+        load_tokenizer(ModelConfig(preset="tiny", weights="hub"), texts, "bpe", 50257, None)

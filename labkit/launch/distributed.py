@@ -172,7 +172,7 @@ def launch(cfg: Config, identity: dict, directory: Path) -> dict:
         return record
     if interrupted is not None:
         record.update(status="failed", error=f"interrupted ({type(interrupted).__name__}): every rank was stopped")
-    elif silent := _silent_deaths(ranks, _exit_codes(tail), processes):
+    elif not timed_out and (silent := _silent_deaths(ranks, _exit_codes(tail), processes)):
         # Killed (SIGKILL, the OOM killer, a segfault) before it could say a word: it is the cause, and a rank
         # that reported an error (a connection reset by the dead rank) failed because of it.
         rank, code = silent[0]
@@ -269,10 +269,8 @@ def _ended_by(code: int) -> str:
 
 def _adopt_trace(work: Path, directory: Path) -> None:
     """Move rank 0's profiler trace from the run's folder to beside the configuration's record."""
-    from labkit.launch.runner import TRACE  # runner starts this launcher
-
-    if (work / TRACE).is_file():
-        os.replace(work / TRACE, directory / TRACE)
+    if (work / results.TRACE).is_file():
+        os.replace(work / results.TRACE, directory / results.TRACE)
 
 
 def _dump_stacks(work: Path) -> None:
@@ -287,8 +285,8 @@ def _dump_stacks(work: Path) -> None:
 
 def _stop(proc: subprocess.Popen, work: Path) -> None:
     """End torchrun and every rank: SIGTERM, then SIGKILL after a grace period, to torchrun's process group and to
-    each rank's own (torchrun starts every rank in a session of its own, with its data-loader workers). SIGCONT
-    with the SIGTERM lets a stopped rank act on it; SIGKILL ends it either way."""
+    each rank's own (torchrun makes every rank the leader of a new group, which holds its data-loader workers).
+    SIGCONT with the SIGTERM lets a stopped rank act on it; SIGKILL ends it either way."""
     here = [r for r in _ranks(work).values() if r["host"] == socket.gethostname()]  # pids mean nothing elsewhere
 
     def signal_all(signum: int) -> None:

@@ -22,9 +22,6 @@ from labkit import measure, preflight, results
 from labkit.config import Config
 from labkit.launch.distributed import launch
 
-TRACE = "trace.json.gz"  # the profiled steps' Chrome trace, beside result.json; the record's "trace" names it
-
-
 def run(config_file: str | Path, profile: str = "smoke", overrides: dict[str, Any] | None = None,
         runs_dir: str | Path | None = None) -> dict:
     """Run one configuration and return its results record (also saved under runs_dir)."""
@@ -50,9 +47,9 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
     rank = int(os.environ.get("RANK", 0))
     record = results.new_record(identity, cfg.model_dump(mode="json"), measure.environment_of(cfg))
     save = (lambda: results.save(record, directory)) if rank == 0 else (lambda: None)
-    trace = directory / TRACE if rank == 0 and cfg.measure.profile_steps else None
+    trace = directory / results.TRACE if rank == 0 and cfg.measure.profile_steps else None
     if rank == 0:
-        (directory / TRACE).unlink(missing_ok=True)  # an earlier run's trace must not pass for this one's
+        (directory / results.TRACE).unlink(missing_ok=True)  # an earlier run's trace must not pass for this one's
     save()
     try:
         from labkit.tasks import build_task
@@ -64,7 +61,7 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
         record["info"] = task.info
         record.update(fit(cfg, task, fabric, trace))
         if trace is not None and trace.is_file():
-            record["trace"] = TRACE
+            record["trace"] = results.TRACE
         record["status"] = "ok"
     except torch.cuda.OutOfMemoryError as err:
         record.update(status="oom", error=f"out of memory: {str(err).splitlines()[0]}")

@@ -78,7 +78,8 @@ def show_banner(record: dict) -> None:
 
 SUMMARY_COLUMNS = {
     "train_time_s": "training time (s)", "samples_per_s": "samples/s", "tokens_per_s": "real tokens/s",
-    "step_s": "step (s)", "data_s": "loader wait (s)", "fwd_bwd_s": "forward+backward (s)", "optimizer_s": "optimizer (s)",
+    "step_s": "step (s)", "step_iqr_s": "step IQR (s)", "mean_over_median": "mean step / median",
+    "data_s": "loader wait (s)", "fwd_bwd_s": "forward+backward (s)", "optimizer_s": "optimizer (s)",
     "wait_s": "device waiting (s)",
     "mfu": "MFU", "peak_allocated_gb": "peak allocated (GB)", "peak_reserved_gb": "peak reserved (GB)",
     "gpu_util_mean_pct": "GPU util (%)", "gpu_temp_max_c": "max temp (°C)",
@@ -87,16 +88,23 @@ SUMMARY_COLUMNS = {
 
 
 def summary_table(records: Sequence[dict] | pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per run: device first, then the measured figures that exist."""
+    """One row per run: device first, then the measured figures that exist (from records: the step-time spread too)."""
     if isinstance(records, pd.DataFrame):
         df = records.copy()
     else:
         df = pd.DataFrame([{"config": r["run"]["config"], "status": r["status"], "device": device_label(r.get("env", {})),
-                            **r.get("summary", {})} for r in records])
+                            **r.get("summary", {}), **_spread_columns(r)} for r in records])
     if df.empty:
         return df
     columns = ["config", "status", "device"] + [c for c in list(SUMMARY_COLUMNS) + list(extra) if c in df.columns]
     return df[columns].rename(columns=SUMMARY_COLUMNS).set_index("config")
+
+
+def _spread_columns(record: dict) -> dict:
+    """The step-time spread beside the median step: its interquartile range, and the mean over the median
+    (well above 1: a few slow steps set the run's samples/s)."""
+    spread = step_spread(record) if record.get("status") == "ok" else None
+    return {"step_iqr_s": spread["iqr_ms"] / 1e3, "mean_over_median": spread["mean_ms"] / spread["median_ms"]} if spread else {}
 
 
 def _curve_frame(records: Sequence[dict], key: str) -> pd.DataFrame:

@@ -21,7 +21,8 @@ def setup_of(record: dict) -> str:
     checkpointing = {"off": "no checkpointing", "full": "every layer checkpointed"}.get(
         p["model"]["checkpointing"], f"every {p['model']['checkpoint_every']}th layer checkpointed")
     return (f"{p['data']['num_workers']} worker(s) · {PRECISION_NAMES.get(p['train']['precision'], p['train']['precision'])}"
-            f" · {checkpointing} · batch {p['train']['batch_size']}")
+            f" · {checkpointing} · batch {p['train']['batch_size']}"
+            + (f" x {p['train']['grad_accum']} accumulated" if p["train"]["grad_accum"] > 1 else ""))
 
 
 def simcls_table(records: Sequence[dict]) -> pd.DataFrame:

@@ -44,7 +44,7 @@ def number(value: object) -> str:
     if abs(v) >= 100 or isinstance(value, numbers.Integral):
         return f"{round(v):,}"
     if abs(v) < 1e-3:
-        return f"{v:.2e}"
+        return f"{v:.3g}"  # 5e-05, 1.23e-05: a learning rate reads as written
     return f"{v:.{2 - math.floor(math.log10(abs(v)))}f}"
 
 
@@ -61,18 +61,25 @@ def cell(value: object, column: object = None) -> str:
     return number(value)
 
 
+def _whole(column: pd.Series) -> bool:
+    """Integers that a missing value turned into floats (a batch of 8.0): shown as integers."""
+    values = pd.to_numeric(column, errors="coerce").dropna()
+    return column.dtype.kind == "f" and not values.empty and bool((values == values.round()).all())
+
+
 def tidy(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The table as strings, and its caption: a device column with one value becomes the caption."""
     caption = ""
     if "device" in df.columns and df["device"].nunique(dropna=True) == 1:
         caption = f"device: {df['device'].dropna().iloc[0]}"
         df = df.drop(columns="device")
-    def whole(column: pd.Series) -> bool:  # integers that a missing value turned into floats (batch 8.0)
-        values = pd.to_numeric(column, errors="coerce").dropna()
-        return column.dtype.kind == "f" and not values.empty and bool((values == values.round()).all())
-
-    text = pd.DataFrame({c: [cell(int(v) if whole(df[c]) and pd.notna(v) else v, c) for v in df[c]] for c in df.columns},
-                        index=df.index)
+    columns = []
+    for i, name in enumerate(df.columns):
+        column = df.iloc[:, i]
+        whole = _whole(column)
+        columns.append([cell(int(v) if whole and pd.notna(v) else v, "precision" if row == "precision" else name)
+                        for row, v in zip(df.index, column)])  # a transposed table names precision in a row
+    text = pd.DataFrame(dict(enumerate(columns)), index=df.index)
     text.columns = df.columns
     return text, caption
 

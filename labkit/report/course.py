@@ -351,5 +351,5 @@ def spread(records: Sequence[dict]) -> pd.DataFrame | None:
             rows.append({"run": name(r), "device": device(r), "median step (ms)": s["median_ms"],
                          "IQR (ms)": s["iqr_ms"], "mean step (ms)": s["mean_ms"], "steps": s["steps"],
                          "mean / median": s["mean_ms"] / s["median_ms"],
-                         "flag": "mean far above median: a few slow steps" if s["skewed"] else ""})
+                         "mean far above median": "yes: a few slow steps set its samples/s" if s["skewed"] else "no"})
     return pd.DataFrame(rows).set_index("run") if rows else _none("No step times in these records.")

@@ -127,20 +127,28 @@ body{margin-right:36%!important}
 .labkit-panel{position:fixed;top:0;right:0;width:34%;height:100%;overflow:auto;box-sizing:border-box;padding:12px 16px;
   background:#fafaf5;border-left:2px solid #ccb;font-family:sans-serif;font-size:13px;z-index:10}
 .labkit-panel h2{font-size:15px;margin:12px 0 6px} .labkit-panel .q{color:#333;margin-top:10px;font-weight:bold}
-.labkit-panel .a{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:6px;margin:4px 0}
+.labkit-panel .a{background:#fff;border:1px solid #ddd;padding:2px 8px;margin:4px 0} .labkit-panel .q p{margin:0}
 .labkit-panel .missing{color:#a40;font-style:italic} .pass{color:#060} .fail{color:#b00} .notrun,.notanswered{color:#888}
 </style>"""
 
 
+def _markdown(text: str) -> str:
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    return markdown2html_mistune(pages.render_math(text))
+
+
 def panel(student: str, lab: str, graded: Graded) -> str:
-    """The grading side panel: answers and checks, fixed beside the page as it scrolls through the figures."""
+    """The grading side panel: answers and checks, fixed beside the page as it scrolls through the figures.
+    A student's answer is Markdown with any HTML of its own escaped: it is shown, never run."""
     answers = "".join(
-        f'<div class="q">{html.escape(a.question)}</div>'
-        + (f'<div class="a">{html.escape(a.answer)}</div>' if a.answer else '<div class="a missing">no answer</div>')
+        f'<div class="q">{_markdown(a.question)}</div>'
+        + (f'<div class="a">{_markdown(html.escape(a.answer, quote=False))}</div>' if a.answer else
+           '<div class="a missing">no answer</div>')
         for a in graded.answers) or "<p>This lab has no answer cells.</p>"
-    checks = "".join(
-        f'<li class="{c.status.replace(" ", "")}">{c.status}: <code>{html.escape(c.source.splitlines()[0] if c.source else "")}</code>'
-        + (f" — {html.escape(c.detail)}" if c.detail else "") + "</li>" for c in graded.checks)
+    checks = "".join(f'<li class="{c.status.replace(" ", "")}">check {i}: {c.status}'
+                     + (f" — {html.escape(c.detail)}" if c.detail else "") + "</li>"
+                     for i, c in enumerate(graded.checks, 1))
     return (f'{PANEL_STYLE}<aside class="labkit-panel"><h2>{html.escape(student)} — {html.escape(lab)}</h2>'
             f"<p>{graded.answered} of {len(graded.answers)} questions answered"
             + (f"; {sum(c.status == 'pass' for c in graded.checks)} of {len(graded.checks)} checks passed" if graded.checks else "")

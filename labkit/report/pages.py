@@ -283,9 +283,13 @@ def build(profile: str, runs_dir: Path = results.RUNS_DIR, out_dir: Path | None 
                 entries.append({"lab": lab, "config": nb_path.stem, "href": target.relative_to(out_dir).as_posix(),
                                 "status": "damaged", "record": None})
         paths, notebooks = list(readable), list(readable.values())
-        if rerun and lab != REPORT_NOTEBOOK:
-            for problem in refresh_comparisons(notebooks, profile, runs_dir):
-                print(f"{lab}: a comparison cell kept its earlier output: {problem}")
+        if rerun and notebooks and lab != REPORT_NOTEBOOK:
+            try:
+                problems = refresh_comparisons(notebooks, profile, runs_dir)
+            except Exception as err:  # noqa: BLE001 - no kernel, a timeout: the pages keep the outputs they ran with
+                problems = [f"{type(err).__name__}: {err}"]
+            for problem in problems:
+                print(f"{lab}: a comparison section kept the output it ran with: {problem}")
         for nb_path, nb in zip(paths, notebooks):
             record = results.read(nb_path.with_suffix(""))
             line = environment_line(record, profile_records)

@@ -69,6 +69,9 @@ class Task:
     # A held-out test set, apart from validation: its loss is measured once, after training, with the final weights
     # (with train.keep_best: the best validation's).
     test_set: Dataset | None = None
+    # Once, after training, with the weights the run ends with: figures for the record's summary (e.g. the reward
+    # model's dialogue quality, labkit.reward).
+    final_evaluate: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 def build_task(cfg: Config) -> Task:

@@ -81,7 +81,7 @@ def read_batches(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Te
 
 class BatchUnpickler(pickle.Unpickler):
     """Unpickles what a CIFAR-10 batch holds (dicts, lists, str/bytes, ints, numpy arrays and their dtypes) and
-    refuses everything else: pickle calls whatever a file names, so a crafted batch could run any command."""
+    refuses everything else: pickle runs whatever a file names, so a crafted batch could run any command."""
 
     ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
                for name in ("_reconstruct", "scalar")} | \

@@ -160,6 +160,31 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], max_length: int) -
     return responses
 
 
+# ---- dialogue quality: the original lab's outcome measure ----------------------------------------------------
+
+def reward_evaluation(cfg: Config, tokenizer, prompts: list[str], info: dict):
+    """With measure.reward_model: after training, the fine-tuned model's sampled answers against the untuned
+    model's (built again from the same weights, or freshly initialised ones), scored by the reward model."""
+    if cfg.measure.reward_model == "off":
+        return None
+    prompts = prompts[: cfg.measure.reward_prompts]
+
+    def final_evaluate(model: nn.Module) -> dict[str, float]:
+        from labkit import reward
+
+        untuned, _ = gpt2.build(cfg.model.model_copy(update={"finetune": "full"}), len(tokenizer))
+        untuned.to(next(model.parameters()).device).eval()
+        summary, info["reward_answers"] = reward.evaluate(cfg.measure, model, untuned, tokenizer, prompts)
+        return summary
+
+    return final_evaluate
+
+
+def first_human_turn(dialogue: str) -> str:
+    """The opening question of an hh-rlhf dialogue ('\n\nHuman: ... \n\nAssistant: ...')."""
+    return dialogue.split("Human:", 1)[-1].split("\n\nAssistant:", 1)[0].strip()
+
+
 # ---- dialogue windows: the original lab's data and loss ------------------------------------------------------
 
 def read_dialogues(path: str | Path, setting: str) -> list[str]:
@@ -229,7 +254,8 @@ def dialogue_task(cfg: Config) -> Task:
     if cfg.model.finetune == "lora":
         flops -= 2 * n * d.max_length
     return Task(model=model, train_set=train_set, val_set=test_set, collate_fn=Collate(tokenizer.pad_token_id),
-                flops_per_sample=flops, info=info)
+                flops_per_sample=flops, info=info,
+                final_evaluate=reward_evaluation(cfg, tokenizer, [first_human_turn(t) for t in test], info))
 
 
 # ---- the task -----------------------------------------------------------------------------------------------
@@ -277,4 +303,5 @@ def build_task(cfg: Config) -> Task:
     if cfg.model.finetune == "lora":
         flops -= 2 * n * seq
     return Task(model=model, train_set=train_set, val_set=test_set, collate_fn=collate, evaluate=evaluate,
-                flops_per_sample=flops, info=info)
+                flops_per_sample=flops, info=info,
+                final_evaluate=reward_evaluation(cfg, tokenizer, [p["prompt"] for p in test_pairs], info))
