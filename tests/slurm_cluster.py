@@ -25,14 +25,14 @@ NODES = ("n1", "n2")
 CPUS = 2
 MEMORY_MB = 4000
 PARTITION = "cpu"
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun")
 
 
 def unavailable_reason() -> str | None:
     """Why a cluster cannot be started here (None: it can)."""
     if os.geteuid() != 0:
         return "not root: slurmd starts job steps as their user, which needs root"
-    missing = [d for d in DAEMONS if shutil.which(d, path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None]
+    missing = [p for p in PROGRAMS if shutil.which(p, path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None]
     if missing:
         return f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge)"
     return None
@@ -51,8 +51,9 @@ class Cluster:
         self.root = root
         self.conf = root / "slurm.conf"
         # slurmctld, slurmd and munged live in /usr/sbin, which a non-login PATH may lack
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin"}
-        self.env.pop("SLURM_JOB_ID", None)  # a test run inside a job must not pass for one of this cluster's jobs
+        # (and a test run inside a job of another cluster must not pass its SLURM_* on to this one's jobs)
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")},
+                    "SLURM_CONF": str(self.conf), "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin"}
         self._daemons: list[tuple[str, Path]] = []  # name, pid file
 
     # -- starting --------------------------------------------------------------------------------

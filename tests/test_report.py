@@ -281,3 +281,17 @@ def test_screenshots_of_a_wide_table_and_a_skipped_run(built, tmp_path):
                  (built.parent / href).as_uri())
         pixels = plt.imread(shot)
         assert pixels.shape[:2] == (1000, 1280) and pixels.std() > 0.05, href  # drawn, not a blank page
+
+
+def test_the_results_block_names_the_configuration_run_and_flags_slow_steps():
+    from labkit import plots
+
+    r = fake_record("03_mixed_precision", "bert_bf16", train={"precision": "bf16-mixed", "lr": 3e-5, "batch_size": 16},
+                    summary={"samples_per_s": 50.0})
+    r["run"]["overrides"] = {"train": {"batch_size": 16}, "train.lr": 3e-5}
+    r["curves"]["steps"] = [{"step": s} for s in [0.040] * 16 + [0.5] * 4]  # four stalls among twenty steps
+    text = plots.banner(r)
+    assert "batch 16 per device x 1 device (global 16) · lr 3e-05 · bf16 · strategy auto · optimizer adamw" in text
+    assert "changed from the params file: `train.batch_size=16`, `train.lr=3e-05`" in text
+    assert "median 40.0 ms" in text and "Mean step 132 ms is far above the median" in text
+    assert "far above the median 40.0 ms" in report.environment_line(r)  # and in its page's header

@@ -240,7 +240,7 @@ def test_tables_show_each_setup_and_rouge_before_and_after_re_ranking():
     table = plots.rouge_table([done, skipped])
     assert list(table.index) == ["bf16"]  # a run without ROUGE has no row
     assert table.loc["bf16", ("generator's top beam", "R-1")] == 10 and table.loc["bf16", ("re-ranked by the scorer", "R-2")] == 10
-    assert table.loc["bf16", ("best candidate (oracle)", "R-L")] == 29 and table.loc["bf16", "picked best (%)"] == 50
+    assert table.loc["bf16", ("best candidate (oracle)", "R-L")] == 29 and table.loc["bf16", ("", "picked best (%)")] == 50
 
 
 # ----------------------------------------------------------------------------- one configuration, trained

@@ -80,7 +80,7 @@ def test_multi_node_and_model_parallel_resources():
     text = slurm.script(slurm.Batch("05_ddp_fsdp", ["ddp_2node"], r, name="x"), "gpu", ROOT / "runs", None, None)
     assert {"nodes": "2", "gres": "gpu:4", "ntasks-per-node": "1"}.items() <= directives(text).items()
     split = Config.model_validate({"task": "t5_qa", "data": {"dataset": "gsm8k"}, "model": {"split_devices": 2}})
-    assert (slurm.resources(split).gpus_per_node, slurm.resources(split).cpus_per_task) == (2, 1)  # one process
+    assert (slurm.resources(split).gpus_per_node, slurm.resources(split).cpus_per_task) == (2, 4)  # one process, 4 at least
     dp = Config.model_validate({"task": "bert_squad", "train": {"strategy": "dp", "devices": 2}})
     assert slurm.resources(dp).gpus_per_node == 2
     assert slurm.resources(dp, "00:20:00").time == "00:20:00"
@@ -126,11 +126,11 @@ def test_submission_chains_the_report_after_every_job(monkeypatch, tmp_path, cap
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     runs = tmp_path / "runs"
     assert slurm.main(["--profile", "gpu", "--only", "01", "08", "--runs-dir", str(runs), "--partition", "gpu"]) == 0
-    calls = log.read_text().splitlines()
+    submissions = log.read_text().splitlines()
     scripts = sorted((runs / "gpu" / "slurm").glob("*.sbatch"))
     assert [p.name for p in scripts] == ["01_baseline_bert_squad-1gpu.sbatch", "08_report.sbatch"]
-    assert calls[0] == f"--parsable {scripts[0]}"
-    assert calls[1] == f"--parsable --dependency=afterany:1001 {scripts[1]}"
+    assert submissions[0] == f"--parsable {scripts[0]}"
+    assert submissions[1] == f"--parsable --dependency=afterany:1001 {scripts[1]}"
     report = scripts[1].read_text()
     assert "gres" not in directives(report) and "labkit.launch.runall --profile gpu --only 08_report" in report
     assert "labkit.report --profile gpu" in report
@@ -192,9 +192,9 @@ print(json.dumps(sys.argv[1:]))' "$@" >> {log}""")))
             out = subprocess.run(["bash", str(path)], env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task)},
                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [c[c.index("--config") + 1] for c in calls] == HOSTILE + [HOSTILE[0]]
-    assert all(c[c.index("--runs-dir") + 1] == str(runs) for c in calls)
+    argvs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[c.index("--config") + 1] for c in argvs] == HOSTILE + [HOSTILE[0]]
+    assert all(c[c.index("--runs-dir") + 1] == str(runs) for c in argvs)
     assert not [p for p in (kit, tmp_path) for p in p.glob("pwned*")]
 
 
@@ -240,8 +240,8 @@ def test_a_job_the_partition_cannot_run_is_refused_before_submission(monkeypatch
     # GPUs on the CPU partition (the default): named with what the partition has, and nothing is submitted
     assert slurm.main(["--profile", "gpu", "--only", "05", *runs]) == 2
     err = capsys.readouterr().err
-    assert "05_ddp_fsdp-2gpu: asks for 1 node(s) with 2 CPUs, 2 GPU(s) each; partition 'cpu' has 0 such node(s) of 2" in err
-    assert "a GPU partition (--partition)" in err
+    assert "05_ddp_fsdp-2gpu: asks for 1 node(s) with 4 CPUs, 2 GPU(s) each; partition 'cpu' has 0 such node(s) of 2" in err
+    assert "to fit, change " in err and "--partition (one with GPUs)" in err
     # more GPUs than a node of the GPU partition has; the 2 x 4 GPU configurations fit
     assert slurm.main(["--profile", "gpu", "--only", "05", "--partition", "gpu", *runs]) == 2
     err = capsys.readouterr().err

@@ -17,8 +17,8 @@ Resources come from the params (profile <- params file, as the notebook runs the
     any GPU of its node, so 'auto' runs on the CPUs it got; a GPU-only configuration there gets one CPU and
     records 'skipped' with the reason, as run-all does on a CPU.
   * nodes: train.num_nodes, one task per node (labkit.launch.distributed starts one torchrun per node with srun).
-  * CPUs per task: one per process plus one per loader worker (train.devices x (data.num_workers + 1)),
-    or --cpus-per-task / $LABKIT_SLURM_CPUS_PER_TASK for all jobs.
+  * CPUs per task: one per process plus one per loader worker (train.devices x (data.num_workers + 1)), at
+    least 4 in a job with GPUs; or --cpus-per-task / $LABKIT_SLURM_CPUS_PER_TASK for all jobs.
   * memory per node: launch.memory_gb (none set: the partition's default).
   * time: launch.timeout_s (the longest a run may take) plus 10 minutes for the kernel, data and validation.
 --partition and --account default to $LABKIT_SLURM_PARTITION and $LABKIT_SLURM_ACCOUNT, else the cluster's.
@@ -49,6 +49,7 @@ SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")  # sba
 # parses itself, so anything else (a space, a quote, a newline) is refused rather than escaped.
 SLURM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 MULTI_PROCESS = ("ddp", "fsdp", "deepspeed")
+GPU_JOB_MIN_CPUS = 4
 PYTHON = sys.executable  # the jobs run the kit with the interpreter that submitted them (the kit's environment)
 
 
@@ -121,8 +122,11 @@ def resources(cfg: Config, time_limit: str | None = None, gpus: bool = True, cpu
     else:
         gpus_per_node = t.devices * cfg.model.split_devices
     processes = t.devices if t.strategy in MULTI_PROCESS else 1
-    return Resources(nodes=t.num_nodes, gpus_per_node=gpus_per_node,
-                     cpus_per_task=cpus_per_task or processes * (cfg.data.num_workers + 1), memory_mb=memory_mb, time=time)
+    cpus = processes * (cfg.data.num_workers + 1)
+    if gpus_per_node:  # GPU nodes have CPUs to spare; the kernel, the GPU sampler and host-side batching use them
+        cpus = max(cpus, GPU_JOB_MIN_CPUS)
+    return Resources(nodes=t.num_nodes, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task or cpus,
+                     memory_mb=memory_mb, time=time)
 
 
 def plan(profile: str, only: list[str] | None = None, configs: list[str] | None = None,
@@ -249,7 +253,7 @@ def partition_nodes(partition: str | None) -> tuple[str, list[Node], float]:
         defaults = {p.rstrip("*") for p, *_ in rows if p.endswith("*")}
         if not defaults:
             raise RuntimeError(f"this cluster has no default partition: choose one with --partition or "
-                             f"LABKIT_SLURM_PARTITION (partitions: {', '.join(names) or 'none'})")
+                               f"LABKIT_SLURM_PARTITION (partitions: {', '.join(names) or 'none'})")
         partition = defaults.pop()
     mine = [r for r in rows if r[0].rstrip("*") == partition]
     if not mine:
@@ -277,13 +281,13 @@ def unfit(batches: list[Batch], partition: str, nodes: list[Node], limit_s: floa
                     f"{max(n.memory_mb for n in nodes)} MB")
             fixes = [f for f, short in (("--cpus-per-task (or LABKIT_SLURM_CPUS_PER_TASK)",
                                          max(n.cpus for n in nodes) < r.cpus_per_task),
-                                        ("a GPU partition (--partition), or a profile without GPUs such as smoke",
+                                        ("--partition (one with GPUs), or a profile without GPUs such as smoke",
                                          max(n.gpus for n in nodes) < r.gpus_per_node),
                                         ("launch.memory_gb", r.memory_mb and max(n.memory_mb for n in nodes) < r.memory_mb),
-                                        ("fewer train.num_nodes", len(nodes) < r.nodes)) if short]
+                                        ("train.num_nodes", len(nodes) < r.nodes)) if short]
             problems.append(f"{b.name}: asks for {r.nodes} node(s) with {', '.join(wants)} each; partition "
                             f"{partition!r} has {len(fits)} such node(s) of {len(nodes)} (the most on one node: {best})"
-                            + (f"; change {' or '.join(fixes)}" if fixes else ""))
+                            + (f"; to fit, change {'; '.join(fixes)}" if fixes else ""))
         if time_seconds(r.time) > limit_s:
             problems.append(f"{b.name}: asks for {r.time}, longer than partition {partition!r}'s limit "
                             f"({slurm_time(limit_s)}); set --time, or a shorter launch.timeout_s")
@@ -300,6 +304,7 @@ def submit(path: Path, after: list[str]) -> str:
 
 
 def _positive(text: str) -> int:
+    """--cpus-per-task's value (also from LABKIT_SLURM_CPUS_PER_TASK, which argparse converts the same way)."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: a whole number of CPUs, at least 1")
     return int(text)

@@ -9,9 +9,9 @@ from labkit.plots.loaders import loader_comparison, loader_table, workers_figure
 from labkit.plots.precision import precision_table
 from labkit.plots.simcls import candidates_table, rouge_figure, rouge_table, setup_of, simcls_table
 from labkit.plots.strategies import comm_split, memory_per_gpu, scaling_plot, strategy_rows, strategy_table, strategy_times
-from labkit.plots.tables import install as _install_tables
 from labkit.plots.t5 import (gpus_of, metric_bars, pareto, parallelism, precision_speedups, scaling_bars, scaling_table,
                              t5_table, val_loss_curves)
+from labkit.plots.tables import install as _install_tables
 
 _install_tables()  # every DataFrame a notebook shows reads like the kit's tables
 

@@ -50,15 +50,17 @@ def rouge_table(records: Sequence[dict]) -> pd.DataFrame:
         s = r.get("summary", {})
         if r["status"] != "ok" or "rouge1" not in s:
             continue
-        row = {"config": r["run"]["config"], "candidates": r["params"]["simcls"]["num_candidates"]}
+        row = {("", "config"): r["run"]["config"], ("", "candidates"): r["params"]["simcls"]["num_candidates"]}
         for prefix, choice in CHOICES.items():
             row.update({(choice, label): s[prefix + key] for key, label in ROUGE.items()})
-        row["picked best (%)"] = s["picked_best"]
+        row[("", "picked best (%)")] = s["picked_best"]
         rows.append(row)
     if not rows:
         print("No ROUGE yet: no SimCLS configuration has finished here.")
         return pd.DataFrame()
-    return pd.DataFrame(rows).set_index("config")
+    table = pd.DataFrame(rows)
+    table.columns = pd.MultiIndex.from_tuples(table.columns)  # a header over each choice's, R-L
+    return table.set_index(("", "config")).rename_axis("config")
 
 
 def rouge_figure(record: dict) -> plt.Figure | None:
