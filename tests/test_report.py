@@ -287,7 +287,7 @@ def test_the_results_block_names_the_configuration_run_and_flags_slow_steps():
     from labkit import plots
 
     r = fake_record("03_mixed_precision", "bert_bf16", train={"precision": "bf16-mixed", "lr": 3e-5, "batch_size": 16},
-                    summary={"samples_per_s": 50.0})
+                    measure={"warmup_steps": 0}, summary={"samples_per_s": 50.0})
     r["run"]["overrides"] = {"train": {"batch_size": 16}, "train.lr": 3e-5}
     r["curves"]["steps"] = [{"step": s} for s in [0.040] * 16 + [0.5] * 4]  # four stalls among twenty steps
     text = plots.banner(r)
