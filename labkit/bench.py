@@ -8,9 +8,9 @@ torch.compile's caches reset in between, so each compiled configuration pays for
 own compilation. BERT also gets the Hugging Face Trainer on the same padded input
 (benchmarks/trainer_bert_qa.py, in a process of its own). ``--only`` picks groups (bert, resnext, gpt2, t5)
 or single rows ('01/fast_path', 'trainer'). Records go under runs/<profile>/bench/, apart from the notebooks'
-own; the comparison table of this call (configuration, device, samples/s, real tokens/s, MFU, peak memory,
+own; the comparison table of this run (configuration, device, samples/s, real tokens/s, MFU, peak memory,
 epoch time) goes to runs/<profile>/bench/bench.csv and bench.md (bench-<only>.* with --only), with the
-issue's targets below it, and is printed at the end. GPU-only configurations on a CPU are recorded as
+fast paths' targets below it, and is printed at the end. GPU-only configurations on a CPU are recorded as
 skipped, with the reason.
 """
 from __future__ import annotations

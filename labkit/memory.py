@@ -193,3 +193,38 @@ def batch_search(record: dict, runs_dir: str | Path | None = None) -> dict:
     run = record["run"]
     results.save(record, results.record_dir(run["profile"], run["notebook"], run["config"], runs_dir or results.RUNS_DIR))
     return record
+
+
+# What the run at the largest batch keeps in the searched record: enough to draw its curves beside the run's own.
+LARGEST_BATCH_CURVES = ("train_loss", "val_loss", "val_metrics", "epoch_time_s")
+
+
+def train_at_largest_batch(record: dict, runs_dir: str | Path | None = None) -> dict:
+    """Train the searched configuration again at the largest batch its search found (``batch_search``), for its
+    configured epochs, as the original lab did (batch 512 and 896 against 128); return the record with that run's
+    outcome under ``record["at_max_batch"]`` (saved again in place).
+
+    The run is ``labkit.run`` of the same params file and overrides with ``train.batch_size`` set to the largest
+    batch, written to ``<config>/largest_batch/`` under the configuration's folder so that it never replaces the
+    configuration's own record. It is not profiled: the trace of the configuration's own run is the one kept.
+    """
+    from labkit.launch.runner import run  # labkit/__init__ imports the runner; here it is needed only at call time
+
+    best, own = record.get("summary", {}).get("max_batch"), record.get("params", {}).get("train", {}).get("batch_size")
+    if record.get("status") != "ok" or best is None:
+        print("No run at the largest batch: " + (f"the run's status is {record.get('status')} ({record.get('error')})."
+              if record.get("status") != "ok" else "the batch-size search found no batch that fits (or has not run)."))
+        return record
+    if best == own:
+        print(f"No run at the largest batch: it is the run's own batch ({own}).")
+        return record
+    identity = record["run"]
+    folder = results.record_dir(identity["profile"], identity["notebook"], identity["config"], runs_dir or results.RUNS_DIR)
+    overrides = {**(identity.get("overrides") or {}), "train.batch_size": best, "train.global_batch_size": None,
+                 "measure.profile_steps": 0}
+    larger = run(identity["params_file"], identity["profile"], overrides, folder / "largest_batch")
+    record["at_max_batch"] = {"batch": best, "status": larger["status"], "error": larger.get("error"),
+                              "summary": larger.get("summary", {}),
+                              "curves": {k: v for k, v in larger.get("curves", {}).items() if k in LARGEST_BATCH_CURVES}}
+    results.save(record, folder)
+    return record

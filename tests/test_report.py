@@ -129,6 +129,7 @@ WARNINGS = ("/x/torch/utils/data/dataloader.py:627: UserWarning: This DataLoader
             "Our suggested max number of worker in current system is 2.\n  warnings.warn(\n"
             "/x/y.py:1: FutureWarning: `foo` is deprecated\n  warnings.warn(\n")
 UNKNOWN = "/x/z.py:3: UserWarning: gradient overflow in layer 7\n"
+SKIPPED = "skipped: train.devices is 8: it needs 8 GPUs per node and 2 are visible"
 WIDE = {f"measured figure number {i} (ms)": [1234.5678 * i, 0.0123456] for i in range(1, 25)}
 
 
@@ -137,7 +138,8 @@ def executed(title: str, wide: bool = False) -> nbformat.NotebookNode:
     plot = new_output("display_data", data={"image/png": png(), "text/plain": "<Figure>"})
     text = new_output("stream", name="stdout", text=f"{title}: done\n")
     noise = new_output("stream", name="stderr", text=TQDM + WARNINGS + UNKNOWN)
-    frame = pd.DataFrame(WIDE if wide else {"samples/s": [8765.4321, None], "device": ["CPU", "CPU"]}, index=["a", "b"])
+    frame = pd.DataFrame(WIDE if wide else {"status": ["ok", "skipped"], "samples/s": [8765.4321, None], "device": ["CPU", "CPU"],
+                                            "note": ["", SKIPPED]}, index=["a", "b"])
     table = new_output("execute_result", data={"text/html": tables.to_html(frame), "text/plain": "table"}, execution_count=2)
     cells = [new_markdown_cell(f"# {title}\n\nThe trainable count is $r\\,(d + 3d)\\,L$, and `$HOME` is not maths."),
              new_code_cell("plot()", execution_count=1, outputs=[text, noise, plot]),
@@ -266,7 +268,9 @@ def test_pages_render_in_a_headless_browser(built, tmp_path):
         assert page["stamp"], href
         assert page["math"] > 0, href  # MathML laid out by the browser itself: no script, no network
         assert "NaN" not in page["text"] and "it/s" not in page["text"] and "FutureWarning" not in page["text"]
-    assert "status skipped" in pages["05_ddp_fsdp/ddp_8gpu.html"]["stamp"]
+    skipped = pages["05_ddp_fsdp/ddp_8gpu.html"]
+    assert "status skipped" in skipped["stamp"]
+    assert SKIPPED in skipped["text"] and "—" in skipped["text"]  # a skipped row: its reason uncut, no number
     assert "train.devices is 8: it needs 8 GPUs per node and 2 are visible" in index["text"]  # the reason, uncut
     wide = pages["03_mixed_precision/bert_bf16.html"]["tables"][0]
     assert wide["overflow"] == "auto" and wide["scroll"] > wide["width"]  # wider than the page: it scrolls, not cut

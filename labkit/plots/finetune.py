@@ -140,3 +140,59 @@ def generations_table(records: Sequence[dict]) -> pd.DataFrame:
     order = list(dict.fromkeys(df["config"]))
     table = df.pivot_table(index=["prompt", "reference"], columns="config", values="generated", aggfunc="first", sort=False)
     return table[order]
+
+
+def _quality_reason(record: dict) -> str:
+    """Why a record has no dialogue quality."""
+    if record.get("status") != "ok":
+        return record.get("error") or f"status {record.get('status')}"
+    if record.get("params", {}).get("measure", {}).get("reward_model", "off") == "off":
+        return "not measured: measure.reward_model is off"
+    return "not measured in this record (run it again to score it)"
+
+
+def dialogue_quality_table(records: Sequence[dict]) -> pd.DataFrame:
+    """Notebook 06's outcome as the original lab reported it: per configuration (full fine-tuning, then LoRA by
+    rank), the share of test prompts whose fine-tuned answer the reward model scores at least as high as the untuned
+    model's, beside both mean scores. A configuration without it shows '—' and says why."""
+    rows = []
+    for r in sweep_order(records):
+        s, measure = r.get("summary", {}), r.get("params", {}).get("measure", {})
+        measured = s.get("dialogue_quality") is not None
+        note = "" if measured else _quality_reason(r)
+        if measured and measure.get("reward_model") == "random":
+            note = "random reward model: the path runs, its scores mean nothing"
+        rows.append({"config": r["run"]["config"], "status": r.get("status"), "device": device_label(r.get("env", {})),
+                     "fine-tuning": finetune_label(r), "optimizer": r["params"]["train"]["optimizer"],
+                     "prompts scored": s.get("reward_prompts"), "mean reward, untuned": s.get("reward_untuned_mean"),
+                     "mean reward, fine-tuned": s.get("reward_tuned_mean"),
+                     "dialogue quality (fine-tuned >= untuned)": s.get("dialogue_quality"), "note": note})
+    return pd.DataFrame(rows).set_index("config") if rows else pd.DataFrame()
+
+
+def train_test_curves(records: Sequence[dict]) -> plt.Figure | None:
+    """The training loss (left) and the test loss (right) against the optimizer step, one line per configuration,
+    as the original lab drew train.jpg and test.jpg; with train.eval_every_steps the test curve has a point every
+    that many steps, otherwise one per epoch."""
+    done = [r for r in sweep_order(records) if r.get("status") == "ok"]
+    label = {r["run"]["config"]: f"{r['run']['config']} ({finetune_label(r)}, {r['params']['train']['optimizer']})" for r in done}
+    frames = {curve: pd.DataFrame([{"run": label[r["run"]["config"]], "step": step, "loss": v}
+                                   for r in done for step, _, v in r.get("curves", {}).get(curve) or []])
+              for curve in ("train_loss", "val_loss")}
+    if all(f.empty for f in frames.values()):
+        print("No loss curves: no run of these finished.")
+        return None
+    order = list(label.values())
+    palette = dict(zip(order, sns.color_palette(n_colors=len(order))))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    for ax, (curve, title) in zip(axes, (("train_loss", "training loss"), ("val_loss", "test loss"))):
+        if frames[curve].empty:
+            ax.set(title=f"{title}: none recorded")
+            continue
+        sns.lineplot(data=frames[curve], x="step", y="loss", hue="run", hue_order=order, palette=palette,
+                     marker="o" if curve == "val_loss" else None, ax=ax, legend=ax is axes[-1])
+        ax.set(title=title, xlabel="optimizer step", ylabel="loss")
+    legend_outside(axes[-1], fontsize=8)
+    fig.suptitle(f"Training and test loss ({devices_in(done)})")
+    fig.tight_layout()
+    return fig

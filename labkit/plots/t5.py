@@ -41,10 +41,35 @@ def t5_table(records: Sequence[dict]) -> pd.DataFrame:
                      "per GPU (GB)": " / ".join(f"{v:.2f}" for v in per_gpu) or None,
                      "GPU util (%)": s.get("gpu_util_mean_pct"), "max temp (°C)": s.get("gpu_temp_max_c"),
                      "SM clock (MHz)": s.get("gpu_sm_clock_mean_mhz"),
-                     "final val loss": s.get("final_val_loss"), "accuracy (%)": s.get("accuracy"), "F1": s.get("f1"),
+                     "final val loss": s.get("final_val_loss"), "best step": s.get("best_step"),
+                     "test loss": s.get("test_loss"), "accuracy (%)": s.get("accuracy"), "F1": s.get("f1"),
                      "max |activation|": s.get("act_absmax"), "fp16 overflows": s.get("act_over_fp16"),
                      "note": r.get("error") or ""})
-    return pd.DataFrame(rows).set_index("config").dropna(axis=1, how="all") if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows).set_index("config")
+    for r in records:  # a finished run without the best step or the test loss others have says why
+        why = [reason for column, reason in _missing(r).items() if df[column].notna().any()]
+        if why:
+            config = r["run"]["config"]
+            df.loc[config, "note"] = "; ".join(filter(None, [df.loc[config, "note"], *why]))
+    return df.dropna(axis=1, how="all")
+
+
+def _missing(record: dict) -> dict[str, str]:
+    """The table columns a finished run left empty, each with its reason."""
+    if record.get("status") != "ok":
+        return {}
+    s, t = record.get("summary", {}), record["params"]["train"]
+    reasons = {}
+    if s.get("best_step") is None:
+        reasons["best step"] = ("best step: FSDP keeps no best checkpoint (sharded weights)" if t["strategy"] == "fsdp"
+                                else "best step: train.keep_best is off" if not t.get("keep_best")
+                                else "best step: not in this record (run it again)")
+    if s.get("test_loss") is None:
+        reasons["test loss"] = ("test loss: the data set has no test split here" if record.get("info", {}).get("test_examples") == 0
+                                else "test loss: not in this record (run it again)")
+    return reasons
 
 
 def _by_dataset(records: Sequence[dict]) -> dict[str, list[dict]]:
@@ -174,3 +199,39 @@ def precision_speedups(records: Sequence[dict], baseline: str = "tf32") -> pd.Da
              "note": r.get("error") or ""}
             for r in one]
     return pd.DataFrame(rows).set_index("config").dropna(axis=1, how="all")
+
+
+def scaling_curve(records: Sequence[dict]) -> plt.Figure | None:
+    """Speed-up over the one-GPU baseline (``results.comparison``) against the number of GPUs, for every GPU count
+    that has a finished run: one line per way of parallelising (and model and precision), from the baseline's 1.0 at
+    one GPU; dashed, perfect scaling (N GPUs, N times the samples/s). One panel per data set."""
+    by_name = {results.name(r): r for r in records}
+    compared = results.comparison(records)
+    rows = []
+    for c in compared.itertuples():
+        r = by_name[c.run]
+        if c.devices == 1 or pd.isna(c.speedup):
+            continue
+        # the way of parallelising without its GPU count ('DDP x 2' -> 'DDP'): its line runs over the counts
+        kind = "layer split" if r["params"]["model"]["split_devices"] > 1 else parallelism(r).rsplit(" x ", 1)[0]
+        line = f"{kind}, t5-{c.model}, {PRECISION_NAMES.get(c.precision, c.precision)}"
+        dataset = r["params"]["data"].get("dataset") or r["params"]["task"]
+        rows += [{"data set": dataset, "line": line, "GPUs": 1, "speed-up": 1.0, "config": by_name[c.baseline]["run"]["config"]},
+                 {"data set": dataset, "line": line, "GPUs": c.devices, "speed-up": c.speedup, "config": c.config}]
+    if not rows:
+        print("No scaling curve: it needs a finished multi-GPU run beside a finished one-GPU run of the same data set, "
+              "model, precision and per-GPU batch.")
+        return None
+    df = pd.DataFrame(rows).drop_duplicates(["data set", "line", "GPUs", "config"])
+    groups = list(dict.fromkeys(df["data set"]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], groups):
+        group = df[df["data set"] == name].sort_values("GPUs")
+        counts = sorted(group["GPUs"].unique())
+        ax.plot(counts, counts, ls="--", color="grey", label="perfect scaling")
+        sns.lineplot(data=group, x="GPUs", y="speed-up", hue="line", marker="o", estimator=None, units="line", ax=ax)
+        ax.set(title=name, xticks=counts, xlabel="GPUs", ylabel="speed-up over one GPU")
+        legend_outside(ax, fontsize=7)
+    fig.suptitle(f"Scaling with the number of GPUs ({devices_in(records)})")
+    fig.tight_layout()
+    return fig

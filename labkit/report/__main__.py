@@ -10,7 +10,8 @@ from labkit.report import grading, pages
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=pages.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m labkit.report", description=pages.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
     parser.add_argument("--out-dir", help="default: reports/<profile>")

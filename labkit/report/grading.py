@@ -216,7 +216,8 @@ def _overview(profile: str, students: Sequence[str], labs: Sequence[str], cells:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m labkit.report.grading NAME`` (``make hand-in NAME=...``); grading is ``python -m labkit.report --grade``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m labkit.report.grading", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="your name as the hand-in's folder, e.g. ada_lovelace")
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
