@@ -11,7 +11,8 @@ Each attempt is a few steps of the one training loop (``labkit.train.fit``) at o
   whose activations exceed the budget is recorded ``over_budget``.
 
 The search doubles the batch until an attempt fails, then bisects to within an eighth of the
-largest batch that fitted. Every attempt, failed or not, is kept in the record.
+largest batch that fitted. Every attempt, failed or not, is kept in the record. ``train_at_largest_batch`` then
+trains the configuration at that batch for its epochs, as the original lab trained at the batches it found.
 """
 from __future__ import annotations
 

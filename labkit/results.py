@@ -313,7 +313,7 @@ def step_spread(record: dict) -> dict[str, float | bool] | None:
     steps = [s for s in record.get("curves", {}).get("steps") or [] if isinstance(s, dict) and isinstance(s.get("step"), (int, float))]
     if any("steady" in s for s in steps):  # the loop marked its steady-state steps
         steady = [s["step"] for s in steps if s.get("steady")]
-    else:  # the loop's rule: the warm-up and profiled steps come first
+    else:  # a record written before steps were marked: its warm-up and profiled steps came first
         measure = record.get("params", {}).get("measure", {})
         steady = [s["step"] for s in steps[measure.get("warmup_steps", 0) + measure.get("profile_steps", 0):]]
     steady = steady or [s["step"] for s in steps]

@@ -60,7 +60,8 @@ def test_largest_batch_table_sets_each_run_beside_its_run_at_the_largest_batch()
     waiting = table.loc[(RESNEXT, "resnext_full", "largest batch in budget")]
     assert np.isnan(waiting["accuracy"]) and "not trained at the largest batch yet" in waiting["note"]
     assert table.loc[(RESNEXT, "resnext_small", "largest batch in budget"), "note"] == "the largest batch is the run's own"
-    assert table.loc[(RESNEXT, "resnext_tf32", "largest batch in budget"), "note"] == "skipped: why"
+    assert table.loc[(RESNEXT, "resnext_tf32", "its own batch"), "note"] == "skipped: why"
+    assert (RESNEXT, "resnext_tf32", "largest batch in budget") not in table.index  # nothing searched, nothing to say twice
     assert "F1" not in table  # no run measured it
 
 

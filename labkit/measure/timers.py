@@ -31,8 +31,9 @@ class StepTimer:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.steps: list[dict[str, float]] = []
-        self.steady: list[bool] = []  # per entry of steps: inside the steady-state window
+        # One entry a step; "steady" marks the steps inside the steady-state window (the record keeps it,
+        # so the step-time spread on the report reads the same steps as the summary).
+        self.steps: list[dict[str, float | bool]] = []
         self._marks: dict[str, object] = {}
         self._pending: list[tuple] = []
         self._last_end = None
@@ -71,13 +72,12 @@ class StepTimer:
             fwd_bwd, opt = elapsed(start, mid), elapsed(mid, end)
             step = elapsed(previous, end) if previous is not None else data + elapsed(start, end)
             self.steps.append({"data": data, "fwd_bwd": fwd_bwd, "optimizer": opt,
-                               "wait": max(0.0, step - fwd_bwd - opt), "step": step})
-            self.steady.append(steady)
+                               "wait": max(0.0, step - fwd_bwd - opt), "step": step, "steady": steady})
 
     def summary(self) -> dict[str, float]:
         """Median seconds per phase over the steady-state steps (all steps where none was steady)."""
         self.flush()
-        steady = [s for s, keep in zip(self.steps, self.steady) if keep] or self.steps
+        steady = [s for s in self.steps if s["steady"]] or self.steps
         if not steady:
             return {}
         return {f"{p}_s": statistics.median(s[p] for s in steady) for p in self.PHASES}

@@ -106,6 +106,8 @@ def largest_batch_table(records: Sequence[dict]) -> pd.DataFrame:
         rows.append({**base, "run": OWN, "batch": r["params"]["train"]["batch_size"],
                      **_outcome(r.get("summary", {}), r.get("curves", {})),
                      "note": (r.get("error") or f"status {r.get('status')}") if r.get("status") != "ok" else ""})
+        if r.get("status") != "ok":
+            continue  # nothing was searched: the row above says why
         larger, reason = r.get("at_max_batch") or {}, _largest_batch_reason(r)
         rows.append({**base, "run": LARGEST, "batch": r.get("summary", {}).get("max_batch"),
                      **(_outcome(larger["summary"], larger["curves"]) if reason is None else {}),
@@ -122,7 +124,7 @@ def largest_batch_curves(records: Sequence[dict]) -> plt.Figure | None:
     the largest batch in the budget (dashed), as the original lab plotted batch 128 against 512 and 896."""
     rows = []
     for r in records:
-        if r.get("status") != "ok" or _largest_batch_reason(r) is not None:
+        if _largest_batch_reason(r) is not None:
             continue
         for run, batch, curves in ((OWN, r["params"]["train"]["batch_size"], r.get("curves", {})),
                                    (LARGEST, r["at_max_batch"]["batch"], r["at_max_batch"]["curves"])):

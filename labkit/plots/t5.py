@@ -231,7 +231,7 @@ def scaling_curve(records: Sequence[dict]) -> plt.Figure | None:
         ax.plot(counts, counts, ls="--", color="grey", label="perfect scaling")
         sns.lineplot(data=group, x="GPUs", y="speed-up", hue="line", marker="o", estimator=None, units="line", ax=ax)
         ax.set(title=name, xticks=counts, xlabel="GPUs", ylabel="speed-up over one GPU")
-        legend_outside(ax, fontsize=7)
+        legend_outside(ax, fontsize=7, title="parallelism, model, precision")
     fig.suptitle(f"Scaling with the number of GPUs ({devices_in(records)})")
     fig.tight_layout()
     return fig
