@@ -26,6 +26,7 @@ from torch.utils.data import RandomSampler
 
 from labkit import results
 from labkit.config import Config
+from labkit.launch.runner import run
 from labkit.models import Checkpointed
 from labkit.preflight import uses_cuda
 from labkit.tasks import Task, build_task
@@ -209,8 +210,6 @@ def train_at_largest_batch(record: dict, runs_dir: str | Path | None = None) -> 
     batch, written to ``<config>/largest_batch/`` under the configuration's folder so that it never replaces the
     configuration's own record. It is not profiled: the trace of the configuration's own run is the one kept.
     """
-    from labkit.launch.runner import run  # labkit/__init__ imports the runner; here it is needed only at call time
-
     best, own = record.get("summary", {}).get("max_batch"), record.get("params", {}).get("train", {}).get("batch_size")
     if record.get("status") != "ok" or best is None:
         print("No run at the largest batch: " + (f"the run's status is {record.get('status')} ({record.get('error')})."

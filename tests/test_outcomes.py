@@ -76,19 +76,19 @@ def test_largest_batch_curves_draw_both_runs_against_epoch():
 
 
 def test_train_at_largest_batch_runs_the_same_configuration_at_that_batch(tmp_path, monkeypatch):
-    calls = []
+    started = []
 
     def run(params_file, profile, overrides, runs_dir):
-        calls.append((params_file, profile, overrides, runs_dir))
+        started.append((params_file, profile, overrides, runs_dir))
         return {"status": "ok", "error": None, "summary": {"accuracy": 0.8},
                 "curves": {"val_loss": [[2, 1.0, 0.7]], "steps": [{"step": 0.1}], "gpu": []}}
 
-    monkeypatch.setattr("labkit.launch.runner.run", run)
+    monkeypatch.setattr(memory, "run", run)
     rec = searched("resnext_off", 128, 512)
     rec["run"]["overrides"] = {"model.checkpoint_every": 3}
     out = memory.train_at_largest_batch(rec, tmp_path)
     folder = results.record_dir("gpu", "nb", "resnext_off", tmp_path)
-    ((params_file, profile, overrides, runs_dir),) = calls
+    ((params_file, profile, overrides, runs_dir),) = started
     assert (params_file, profile, runs_dir) == ("params/nb/resnext_off.yaml", "gpu", folder / "largest_batch")
     assert overrides == {"model.checkpoint_every": 3, "train.batch_size": 512, "train.global_batch_size": None,
                          "measure.profile_steps": 0}
@@ -96,9 +96,9 @@ def test_train_at_largest_batch_runs_the_same_configuration_at_that_batch(tmp_pa
     assert set(out["at_max_batch"]["curves"]) == {"val_loss"}  # the curves it draws, not every step
     assert results.read(folder)["at_max_batch"]["status"] == "ok"  # saved in place
 
-    calls.clear()
+    started.clear()
     same = searched("resnext_small", 128, 128)
-    assert memory.train_at_largest_batch(same, tmp_path) is same and "at_max_batch" not in same and not calls
+    assert memory.train_at_largest_batch(same, tmp_path) is same and "at_max_batch" not in same and not started
 
 
 # ---- notebook 05: training + evaluation time ------------------------------------------------------------------
@@ -179,3 +179,12 @@ def test_scaling_curve_takes_every_gpu_count_that_has_a_run():
     assert ((1, 2), (1.0, 0.5)) in lines  # the layer split: two GPUs taking turns
     assert list(ax.get_xticks()) == [1, 2, 8]
     assert plots.scaling_curve(records[:1]) is None
+
+
+def test_generations_table_says_why_dialogue_window_runs_have_no_answers(capsys):
+    windows = record("full_adamw", {"dialogue_quality": 0.85}, task="gpt2_sft", data={"sft_format": "dialogue_windows"})
+    assert plots.generations_table([windows]).empty
+    assert "dialogue-window runs" in capsys.readouterr().out
+    pairs = record("r1_adamw", task="gpt2_sft", **lora(1))
+    pairs["info"]["generations"] = [{"prompt": "2+2?", "reference": "4", "generated": "4"}]
+    assert plots.generations_table([windows, pairs]).loc[("2+2?", "4"), "r1_adamw"] == "4"

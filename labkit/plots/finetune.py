@@ -135,6 +135,9 @@ def generations_table(records: Sequence[dict]) -> pd.DataFrame:
     rows = [{"prompt": g["prompt"], "reference": g["reference"], "config": r["run"]["config"], "generated": g["generated"]}
             for r in sweep_order(records) if r.get("status") == "ok" for g in r.get("info", {}).get("generations", [])]
     if not rows:
+        if any(r.get("params", {}).get("data", {}).get("sft_format") == "dialogue_windows" for r in records):
+            print("No greedy answers: dialogue-window runs (the original lab's data) have no prompt/response pairs to "
+                  "answer; their sampled answers are scored in the dialogue-quality table.")
         return pd.DataFrame()
     df = pd.DataFrame(rows)
     order = list(dict.fromkeys(df["config"]))
@@ -184,7 +187,7 @@ def train_test_curves(records: Sequence[dict]) -> plt.Figure | None:
         return None
     order = list(label.values())
     palette = dict(zip(order, sns.color_palette(n_colors=len(order))))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharex=True)  # the same steps under both curves
     for ax, (curve, title) in zip(axes, (("train_loss", "training loss"), ("val_loss", "test loss"))):
         if frames[curve].empty:
             ax.set(title=f"{title}: none recorded")
