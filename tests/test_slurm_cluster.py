@@ -44,7 +44,7 @@ def configurations() -> tuple[list[str], str, str]:
     assert len(skipped_01) == 2 and skipped_05 < "single", (skipped_01, skipped_05)  # single: the array's 2nd task
     return skipped_01, skipped_05, " ".join(skipped_01 + [skipped_05, "single", "ddp_2node_check"])
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")
