@@ -23,10 +23,8 @@ run-all: setup
 	$(PY) -m labkit.launch.runall --profile $(PROFILE) $(if $(FORCE),--force) $(if $(ONLY),--only $(ONLY)); \
 	status=$$?; $(PY) -m labkit.report --profile $(PROFILE); exit $$status
 
-# One worker per core, a test file per worker: the notebook and launcher tests wait on kernels, ranks and
-# the scheduler much of the time, so a second worker uses the core the first leaves idle.
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q
 
 # Jupyter refuses to start as root without --allow-root (a container, a cluster's login as root).
 lab: setup
