@@ -211,9 +211,11 @@ def train_at_largest_batch(record: dict, runs_dir: str | Path | None = None) -> 
     configuration's own record. It is not profiled: the trace of the configuration's own run is the one kept.
     """
     best, own = record.get("summary", {}).get("max_batch"), record.get("params", {}).get("train", {}).get("batch_size")
-    if record.get("status") != "ok" or best is None:
-        print("No run at the largest batch: " + (f"the run's status is {record.get('status')} ({record.get('error')})."
-              if record.get("status") != "ok" else "the batch-size search found no batch that fits (or has not run)."))
+    if record.get("status") != "ok":
+        print(f"No run at the largest batch: the run's status is {record.get('status')} ({record.get('error')}).")
+        return record
+    if best is None:
+        print("No run at the largest batch: the batch-size search found no batch that fits (or has not run).")
         return record
     if best == own:
         print(f"No run at the largest batch: it is the run's own batch ({own}).")

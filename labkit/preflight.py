@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from labkit.config import Config, ConfigError
+from labkit.precision import PRECISIONS
 
 # Tasks whose batches cannot be packed into one row: a packed row would mix a causal LM's pairs, and an
 # encoder-decoder pairs each source with its own target.
@@ -115,7 +116,8 @@ def cpu_reason(cfg: Config) -> str | None:
     if t.precision == "tf32":
         return ("precision tf32 is a mode of NVIDIA tensor cores; a CPU computes fp32 as fp32, so this run would "
                 "repeat the fp32 one")
-    low = {"16-mixed": "fp16", "bf16-mixed": "bf16", "bf16-true": "bf16"}.get(t.precision)
+    precision = PRECISIONS[t.precision]
+    low = precision.matmul if precision.half else None  # the 16-bit format the matrix products run in
     if low and not cpu_multiplies(low):
         return (f"precision {t.precision}: this CPU has no {low} instructions ({CPU_INSTRUCTIONS[low]}), so PyTorch would "
                 f"emulate {low}, several times slower than fp32; notebook 03 shows what autocast changes on any CPU")

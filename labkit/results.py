@@ -185,6 +185,11 @@ def compare(record: dict, runs_dir: str | Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["run", "config", "started"])
 
 
+def on_gpu(record: dict) -> bool:
+    """Whether a record's figures were measured on a GPU (a CPU figure is never shown as a GPU one)."""
+    return record.get("env", {}).get("device") == "cuda"
+
+
 def device_label(env: dict) -> str:
     """What a table shows in its device column: the GPU's name, or 'CPU (smoke figures)'."""
     if env.get("device") == "cuda":

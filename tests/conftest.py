@@ -1,3 +1,4 @@
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,3 +13,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a process group's rendezvous (gloo ranks on this machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,7 +1,6 @@
 """FSDP2 as labkit shards a model (labkit.train.shard_blocks) gives DDP's gradients, with no view-output
 warning: T5, whose first block returns its position bias as a view, over 2 gloo processes on the CPU."""
 import json
-import socket
 import warnings
 from pathlib import Path
 
@@ -48,16 +47,13 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_fsdp2_gradients_equal_ddp_and_no_view_warning(tmp_path):
+def test_fsdp2_gradients_equal_ddp_and_no_view_warning(tmp_path, free_port):
     pytest.importorskip("torch.distributed.device_mesh")
     # DDP's gradient: the mean over ranks of each rank's gradient of its own half-batch loss.
     reference = _model()
     for batch in _batches():
         (reference(**batch).loss / 2).backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.start_processes(_rank, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    torch.multiprocessing.start_processes(_rank, args=(2, free_port, str(tmp_path)), nprocs=2, start_method="fork")
     for rank in range(2):
         result = json.loads((tmp_path / f"{rank}.json").read_text())
         assert not [w for w in result["warnings"] if "view tensor" in w]

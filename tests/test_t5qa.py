@@ -2,7 +2,6 @@
 layer-split model parallel placement (checked on the CPU)."""
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -280,15 +279,12 @@ def _fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_generation_under_fsdp2_matches_the_whole_model(tmp_path):
+def test_generation_under_fsdp2_matches_the_whole_model(tmp_path, free_port):
     """FSDP2 leaves the root's tied embedding sharded outside its forward, and generate() calls the encoder
     first: evaluate() must gather it (checked with 2 gloo processes on the CPU)."""
     pytest.importorskip("torch.distributed.device_mesh")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # fork: the ranks start with this process's imports instead of importing everything again
-    torch.multiprocessing.start_processes(_fsdp_rank, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    torch.multiprocessing.start_processes(_fsdp_rank, args=(2, free_port, str(tmp_path)), nprocs=2, start_method="fork")
     for rank in range(2):
         result = json.loads((tmp_path / f"{rank}.json").read_text())
         whole_texts, sharded_texts = result["texts"]

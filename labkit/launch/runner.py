@@ -22,6 +22,7 @@ from labkit import measure, preflight, results
 from labkit.config import Config
 from labkit.launch.distributed import launch
 
+
 def run(config_file: str | Path, profile: str = "smoke", overrides: dict[str, Any] | None = None,
         runs_dir: str | Path | None = None) -> dict:
     """Run one configuration and return its results record (also saved under runs_dir)."""

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from labkit.plots.common import PRECISION_NAMES, devices_in, legend_outside, ms_of, model_of
+from labkit.plots.common import PRECISION_NAMES, devices_in, legend_outside, ms_of, model_of, sample_frame
 from labkit.results import device_label
 
 
@@ -40,11 +40,10 @@ def checkpointing_table(records: Sequence[dict]) -> pd.DataFrame:
 
 def batch_search_figure(records: Sequence[dict]) -> plt.Figure | None:
     """Every attempt of the batch-size search: memory against batch, failed attempts marked, budget dashed."""
-    rows = [{"config": r["run"]["config"], **a} for r in records for a in r.get("curves", {}).get("batch_search", [])]
-    if not rows:
+    df = sample_frame(records, "batch_search")
+    if df.empty:
         print("No batch-size search in these records yet.")
         return None
-    df = pd.DataFrame(rows)
     if "memory_gb" not in df:
         df["memory_gb"] = float("nan")
     top = df["memory_gb"].max() if df["memory_gb"].notna().any() else 1.0

@@ -115,6 +115,11 @@ def _curve_frame(records: Sequence[dict], key: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sample_frame(records: Sequence[dict], key: str) -> pd.DataFrame:
+    """One row per sample (a dict) of curve ``key`` of every record, with the record's config; empty without any."""
+    return pd.DataFrame([{"config": r["run"]["config"], **s} for r in records for s in r.get("curves", {}).get(key, [])])
+
+
 def loss_curves(records: Sequence[dict], title: str = "Loss") -> plt.Figure | None:
     """Training loss against epoch, with validation loss as markers, one colour per configuration."""
     train, val = _curve_frame(records, "train_loss"), _curve_frame(records, "val_loss")
@@ -134,11 +139,10 @@ def loss_curves(records: Sequence[dict], title: str = "Loss") -> plt.Figure | No
 
 def gpu_timeline(records: Sequence[dict]) -> plt.Figure | None:
     """GPU utilisation, memory, temperature, power and SM clock over the run; None (and a note) without GPU samples."""
-    rows = [{"config": r["run"]["config"], **s} for r in records for s in r.get("curves", {}).get("gpu", [])]
-    if not rows:
+    df = sample_frame(records, "gpu")
+    if df.empty:
         print("No GPU timeline: these runs had no GPU to sample (CPU smoke run).")
         return None
-    df = pd.DataFrame(rows)
     panels = [("util_pct", "utilisation (%)"), ("mem_used_gb", "memory used (GB)"), ("temp_c", "temperature (°C)"),
               ("power_w", "power (W)"), ("sm_clock_mhz", "SM clock (MHz)")]
     panels = [(col, label) for col, label in panels if col in df]  # records from before the clock was sampled lack it

@@ -8,7 +8,7 @@ import pandas as pd
 import seaborn as sns
 
 from labkit.plots.common import devices_in, legend_outside, memory_unit
-from labkit.results import device_label
+from labkit.results import device_label, on_gpu
 
 MEMORY_LABELS = {"weights": "weights", "gradients": "gradients", "optimizer": "optimizer state", "activations": "activations"}
 OPTIMIZER_ORDER = ("adamw", "nesterov", "sgd_momentum", "sgd")
@@ -55,7 +55,7 @@ def memory_table(records: Sequence[dict]) -> pd.DataFrame:
     unit, scale = memory_unit(values)
     rows = []
     for r in done:
-        s, gpu = r["summary"], r.get("env", {}).get("device") == "cuda"
+        s, gpu = r["summary"], on_gpu(r)
         for part, label in MEMORY_LABELS.items():
             computed, measured = s.get(f"{part}_computed_gb"), s.get(f"{part}_measured_gb")
             rows.append({"config": r["run"]["config"], "part": label,

@@ -21,7 +21,7 @@ from matplotlib.patches import Patch
 from labkit import results
 from labkit.plots.common import legend_outside
 from labkit.plots.tables import number
-from labkit.results import name, task_of
+from labkit.results import name, on_gpu, task_of
 
 # Summary key -> (label, measured on GPUs only)
 METRICS = {
@@ -48,10 +48,6 @@ def device(record: dict) -> str:
 def machine(record: dict) -> str:
     """The kind of device, without the count: runs compare only on the same kind (figures, sentences)."""
     return results.device_label({**record.get("env", {}), "device_count": 1})
-
-
-def on_gpu(record: dict) -> bool:
-    return record.get("env", {}).get("device") == "cuda"
 
 
 def _ok(record: dict, key: str) -> float | None:
