@@ -91,10 +91,15 @@ class DataConfig(_Section):
     # max_length: every feature padded to max_length; dynamic: each batch padded to its longest feature;
     # packed: a batch's features concatenated into one row, attention kept within each (padding-free)
     padding: Literal["max_length", "dynamic", "packed"] = "max_length"
+    # dynamic: each batch's length rounded up to a multiple of this; packed: the packed row's length likewise.
+    # 8 fills whole tensor-core tiles; a larger multiple leaves a compiled model a few shapes to replay as CUDA graphs.
+    pad_multiple: int = Field(8, gt=0)
     group_by_length: bool = False  # batches of features of similar length (less padding under 'dynamic')
     context_length: Literal["short", "squad"] = "short"  # embedded SQuAD: 'squad' gives SQuAD's feature lengths
     num_workers: int = Field(0, ge=0)
-    pin_memory: bool = False
+    # Page-locked host batches, so that the copy to the GPU does not wait for the GPU to finish its queued work
+    # (a copy from pageable memory does, every step). None: pinned whenever the run trains on a GPU.
+    pin_memory: bool | None = None
     persistent_workers: bool = False
     prefetch_factor: int | None = Field(None, gt=0)
     on_gpu: bool = False  # hold the whole data set on the GPU and augment there (CIFAR)

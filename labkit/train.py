@@ -113,8 +113,9 @@ def make_loader(cfg: Config, dataset, collate_fn, shuffle: bool, sampler=None) -
     workers = {"num_workers": d.num_workers}
     if d.num_workers > 0:
         workers.update(persistent_workers=d.persistent_workers, prefetch_factor=d.prefetch_factor)
+    pin = d.pin_memory if d.pin_memory is not None else preflight.uses_cuda(cfg) and not d.on_gpu
     return DataLoader(dataset, batch_size=process_batch(cfg), shuffle=shuffle and sampler is None, sampler=sampler,
-                      collate_fn=collate_fn, pin_memory=d.pin_memory, drop_last=shuffle, **workers)
+                      collate_fn=collate_fn, pin_memory=pin, drop_last=shuffle, **workers)
 
 
 def setup_model_and_optimizer(fabric: Fabric, model: nn.Module, t: TrainConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
