@@ -26,7 +26,7 @@ from torch.utils.data import RandomSampler
 
 from labkit import results
 from labkit.config import Config
-from labkit.launch.runner import run
+from labkit.launch.runner import is_out_of_memory, run
 from labkit.models import Checkpointed
 from labkit.preflight import uses_cuda
 from labkit.tasks import Task, build_task
@@ -106,13 +106,6 @@ def largest_batch(attempt: Callable[[int], dict], start: int, limit: int) -> tup
                 break
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo, list(tried.values())
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """The allocator's out-of-memory error, or cuBLAS/cuDNN failing to allocate their workspace, which
-    near the memory limit surfaces as a plain RuntimeError."""
-    return isinstance(err, torch.cuda.OutOfMemoryError) or any(
-        text in str(err) for text in ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED"))
 
 
 def probe(cfg: Config, task: Task, batch: int, budget_gb: float | None) -> dict:

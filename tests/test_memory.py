@@ -5,6 +5,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from labkit import memory
+from labkit.launch.runner import is_out_of_memory
 from labkit.config import Config
 from labkit.tasks import Task, default_loss
 
@@ -119,6 +120,28 @@ def test_bert_checkpointing_same_gradients_fewer_saved_bytes():
 
 
 def test_workspace_allocation_failures_count_as_out_of_memory():
-    assert memory.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
-    assert memory.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
-    assert not memory.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x16 and 32x4)"))
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x16 and 32x4)"))
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), "oom"),
+                                           (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "failed")])
+def test_a_run_out_of_memory_is_recorded_and_returns_other_errors_raise(tmp_path, monkeypatch, error, status):
+    """A run that runs out of memory (also as cuBLAS's workspace error) is an 'oom' record and returns, so a sweep
+    goes on; any other error is a 'failed' record and raises."""
+    import labkit.train
+    from labkit import results
+    from labkit.launch.runner import run
+
+    def fit(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(labkit.train, "fit", fit)
+    if status == "failed":
+        with pytest.raises(RuntimeError):
+            run("params/01_baseline_bert_squad/baseline.yaml", "smoke", runs_dir=tmp_path)
+    else:
+        assert run("params/01_baseline_bert_squad/baseline.yaml", "smoke", runs_dir=tmp_path)["status"] == "oom"
+    saved = results.read(results.record_dir("smoke", "01_baseline_bert_squad", "baseline", tmp_path))
+    assert saved["status"] == status and ("out of memory" in saved["error"]) == (status == "oom")

@@ -23,6 +23,13 @@ from labkit.config import Config
 from labkit.launch.distributed import launch
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """The allocator's out-of-memory error, or cuBLAS/cuDNN failing to allocate their workspace, which
+    near the memory limit surfaces as a plain RuntimeError."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or any(
+        text in str(err) for text in ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED"))
+
+
 def run(config_file: str | Path, profile: str = "smoke", overrides: dict[str, Any] | None = None,
         runs_dir: str | Path | None = None) -> dict:
     """Run one configuration and return its results record (also saved under runs_dir)."""
@@ -64,10 +71,11 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
         if trace is not None and trace.is_file():
             record["trace"] = results.TRACE
         record["status"] = "ok"
-    except torch.cuda.OutOfMemoryError as err:
-        record.update(status="oom", error=f"out of memory: {str(err).splitlines()[0]}")
-        torch.cuda.empty_cache()
     except BaseException as err:  # KeyboardInterrupt too: the record says how the run ended
+        if is_out_of_memory(err):  # recorded, and the sweep goes on
+            record.update(status="oom", error=f"out of memory: {str(err).splitlines()[0]}")
+            torch.cuda.empty_cache()
+            return record
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     finally:
