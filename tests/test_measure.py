@@ -29,8 +29,9 @@ def test_step_timer_splits_phases_on_cpu():
     assert len(timer.steps) == 4 and [s["steady"] for s in timer.steps] == [True] * 4
     assert s["data_s"] >= 0.01 and s["fwd_bwd_s"] >= 0.04 and s["optimizer_s"] >= 0.005
     assert s["fwd_bwd_s"] > s["optimizer_s"]
-    assert s["step_s"] >= s["data_s"] + s["fwd_bwd_s"] + s["optimizer_s"] - 1e-6  # the step holds all its phases
-    assert s["wait_s"] >= s["data_s"] - 1e-6  # on a CPU the loader's time is time outside the device's phases
+    for step in timer.steps:  # per step (medians of different phases may come from different steps)
+        assert step["step"] >= step["data"] + step["fwd_bwd"] + step["optimizer"] - 1e-6  # the step holds all its phases
+        assert step["wait"] >= step["data"] - 1e-6  # on a CPU the loader's time is time outside the device's phases
 
 
 def test_step_timer_summary_keeps_to_the_steady_steps():
