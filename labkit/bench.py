@@ -10,8 +10,10 @@ own compilation. BERT also gets the Hugging Face Trainer on the same padded inpu
 or single rows ('01/fast_path', 'trainer'). Records go under runs/<profile>/bench/, apart from the notebooks'
 own; the comparison table of this run (configuration, device, samples/s, real tokens/s, MFU, peak memory,
 epoch time) goes to runs/<profile>/bench/bench.csv and bench.md (bench-<only>.* with --only), with the
-fast paths' targets below it, and is printed at the end. GPU-only configurations on a CPU are recorded as
-skipped, with the reason.
+fast paths' goals below it, and is printed at the end; runs/<profile>/bench/bench-ratios.csv holds one row per
+configuration with exactly the columns of ``RATIO_COLUMNS``: its samples/s, the samples/s of the row it is measured
+against (``BASELINES``: the step it improves on), their ratio, MFU and GPU busy in percent, and peak allocated
+memory in GB. GPU-only configurations on a CPU are recorded as skipped, with the reason.
 """
 from __future__ import annotations
 
@@ -44,10 +46,24 @@ BENCH = {  # group -> params files (or TRAINER), in table order
     "t5": ["params/07_t5_model_parallel/gsm8k_bf16.yaml", "params/07_t5_model_parallel/fast_path.yaml"],
 }
 ROW = ["configuration", "device", "status", "samples_per_s", "tokens_per_s", "mfu", "gpu_util", "peak_allocated_gb", "step_s",
-       "epoch_s", "steps", "mean_real_tokens", "trainer_samples_per_s", "mfu_counts", "attention", "data", "note"]
+       "epoch_s", "first_step_s", "steps", "mean_real_tokens", "trainer_samples_per_s", "mfu_counts", "attention", "data",
+       "note"]
+# Each row against the row it improves on: bf16 against fp32, the Trainer against the kit's loop at the same settings,
+# the BERT fast path on the padded input against the Trainer's steady state, dynamic padding and packing against the
+# padded fast path, and each other fast path against its own notebook's baseline. Rows absent here are baselines.
+BASELINES = {"01/baseline_bf16": "01/baseline", TRAINER: "01/baseline_bf16", "01/fast_path_padded": TRAINER,
+             "01/fast_path": "01/fast_path_padded", "01/fast_path_packed": "01/fast_path_padded",
+             "03/fast_path": "03/resnext_bf16_channels_last", "06/fast_path": "06/r10_adamw", "07/fast_path": "07/gsm8k_bf16"}
+RATIO_COLUMNS = ["configuration", "samples_per_s", "baseline_samples_per_s", "ratio", "mfu", "gpu_busy", "peak_allocated_gb"]
+# The goals: samples/s at least this many times the baseline's (BASELINES), one run of the bench on one GPU.
+SPEEDUP_GOALS = {"01/fast_path_padded": 1.8, "01/fast_path_packed": 1.5, "06/fast_path": 1.3, "07/fast_path": 1.3}
+MFU_GOAL_PCT = 30.0  # 01/fast_path_padded, of the GPU's dense bf16 peak
+FIRST_STEP_GOAL_S = 30.0  # 01/fast_path_packed: its first step, compilation included
+EPOCH_GOAL_S = 2.5  # 03/fast_path: its last epoch, data included
 # GPU busy: NVML's utilisation over the steady state; well under 100% means the host, not the GPU, sets the pace
 COLUMNS = {"samples_per_s": "samples/s", "tokens_per_s": "real tokens/s", "mfu": "MFU (%)", "gpu_util": "GPU busy (%)",
-           "peak_allocated_gb": "peak allocated (GB)", "step_s": "step (ms)", "epoch_s": "last epoch (s)"}
+           "peak_allocated_gb": "peak allocated (GB)", "step_s": "step (ms)", "epoch_s": "last epoch (s)",
+           "first_step_s": "first step (s)"}
 
 
 def name_of(item: str) -> str:
@@ -67,13 +83,14 @@ def selected(only: list[str] | None) -> list[str]:
 def record_row(record: dict) -> dict:
     """One table row from a results record."""
     s, info, p = record.get("summary", {}), record.get("info", {}), record.get("params", {})
-    epochs = record.get("curves", {}).get("epoch_time_s", [])
+    epochs, steps = record.get("curves", {}).get("epoch_time_s", []), record.get("curves", {}).get("steps", [])
     return {"configuration": name_of(record["run"]["params_file"]), "device": results.device_label(record.get("env", {})),
             "status": record["status"], "samples_per_s": s.get("samples_per_s"), "tokens_per_s": s.get("tokens_per_s"),
             "mfu": 100 * s["mfu"] if s.get("mfu") is not None else None, "gpu_util": s.get("gpu_util_mean_pct"),
             "peak_allocated_gb": s.get("peak_allocated_gb"),
             "step_s": 1e3 * s["step_s"] if s.get("step_s") is not None else None,
             "epoch_s": epochs[-1] if p.get("task") == "cifar_resnext" and epochs else None,
+            "first_step_s": steps[0]["step"] if steps else None,  # compilation, on a compiled model
             "steps": s.get("steps"), "mean_real_tokens": info.get("mean_real_tokens"),
             "mfu_counts": info.get("flops_counted"), "attention": info.get("attention"),
             "data": info.get("data_source"), "note": record.get("error") or p.get("description", "")}
@@ -133,34 +150,61 @@ def bench(profile: str, items: list[str], steps: int | None, directory: Path) ->
     return pd.DataFrame(rows).reindex(columns=ROW).set_index("configuration")
 
 
+def ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration of ``table``: RATIO_COLUMNS, the ratio against its BASELINES row where both ran."""
+    rows = []
+    for name, row in table.iterrows():
+        own = row["samples_per_s"] if row["status"] == "ok" else None
+        base = BASELINES.get(name)
+        base_sps = table.loc[base, "samples_per_s"] if base in table.index and table.loc[base, "status"] == "ok" else None
+        rows.append({"configuration": name, "samples_per_s": own, "baseline_samples_per_s": base_sps,
+                     "ratio": own / base_sps if own is not None and base_sps is not None else None,
+                     "mfu": row["mfu"], "gpu_busy": row["gpu_util"], "peak_allocated_gb": row["peak_allocated_gb"]})
+    return pd.DataFrame(rows, columns=RATIO_COLUMNS).set_index("configuration")
+
+
 def targets(table: pd.DataFrame) -> list[str]:
-    """The bench's targets, each from two rows of this table (so from one run of the bench), or why it is not measured."""
+    """The bench's goals, each from rows of this table (so from one run of the bench), or why it is not measured."""
+    speedups = ratios(table)["ratio"]
+
     def ok(name: str) -> pd.Series | None:
         return table.loc[name] if name in table.index and table.loc[name, "status"] == "ok" else None
 
     def missing(*names: str) -> str:
         return ", ".join(f"{n}: {table.loc[n, 'status'] if n in table.index else 'not run'}" for n in names if ok(n) is None)
 
-    lines = []
-    fast, trainer = ok("01/fast_path_padded"), ok(TRAINER)
-    if fast is not None and trainer is not None:
-        lines.append(f"BERT fast path on the padded input vs the HF Trainer on the same input: "
-                     f"{fast['samples_per_s'] / trainer['trainer_samples_per_s']:.2f}x the Trainer's own figure (start-up "
-                     f"included), {fast['samples_per_s'] / trainer['samples_per_s']:.2f}x its steady state (target: 1.7x)")
-    else:
-        lines.append(f"BERT fast path vs Trainer: not measured ({missing('01/fast_path_padded', TRAINER)})")
-    packed, padded = ok("01/fast_path_packed"), ok("01/fast_path_padded")
-    if packed is not None and padded is not None:
-        tokens = packed.get("mean_real_tokens")
-        lines.append(f"padding-free vs padded, same fast path, features of mean {tokens:.0f} real tokens: "
-                     f"{packed['samples_per_s'] / padded['samples_per_s']:.2f}x samples/s (target: 1.8x)")
-    else:
-        lines.append(f"padding-free vs padded: not measured ({missing('01/fast_path_packed', '01/fast_path_padded')})")
+    def verdict(met: bool) -> str:
+        return "met" if met else "missed"
+
+    def speedup(name: str, what: str) -> str:
+        goal, base = SPEEDUP_GOALS[name], BASELINES[name]
+        if pd.isna(speedups.get(name)):
+            return f"{what}: not measured ({missing(name, base)})"
+        return f"{what}: {speedups[name]:.2f}x {base}'s samples/s (goal: at least {goal}x, {verdict(speedups[name] >= goal)})"
+
+    padded, trainer, packed = ok("01/fast_path_padded"), ok(TRAINER), ok("01/fast_path_packed")
+    line = speedup("01/fast_path_padded", "BERT fast path on the padded input vs the HF Trainer's steady state on the same input")
+    if padded is not None and pd.notna(padded["mfu"]):
+        line += f"; MFU {padded['mfu']:.1f}% (goal: at least {MFU_GOAL_PCT:.0f}%, {verdict(padded['mfu'] >= MFU_GOAL_PCT)})"
+    if padded is not None and trainer is not None:
+        line += (f"; {padded['samples_per_s'] / trainer['trainer_samples_per_s']:.2f}x the Trainer's own figure "
+                 "(its whole train() call, start-up included)")
+    lines = [line]
+    line = speedup("01/fast_path_packed", "padding-free vs padded, same fast path")
+    if packed is not None:
+        line += f", features of mean {packed['mean_real_tokens']:.0f} real tokens"
+        if pd.notna(packed["first_step_s"]):
+            line += (f"; first step {packed['first_step_s']:.1f} s, compilation included (goal: under {FIRST_STEP_GOAL_S:.0f} s, "
+                     f"{verdict(packed['first_step_s'] < FIRST_STEP_GOAL_S)})")
+    lines.append(line)
     resnext = ok("03/fast_path")
-    if resnext is not None and resnext["epoch_s"] is not None:
-        lines.append(f"ResNeXt fast path: {resnext['epoch_s']:.2f} s for its last epoch, data included (target: under 4 s)")
+    if resnext is not None and pd.notna(resnext["epoch_s"]):
+        lines.append(f"ResNeXt fast path: {resnext['epoch_s']:.2f} s for its last epoch, data included "
+                     f"(goal: under {EPOCH_GOAL_S} s, {verdict(resnext['epoch_s'] < EPOCH_GOAL_S)})")
     else:
         lines.append(f"ResNeXt fast path epoch: not measured ({missing('03/fast_path')})")
+    lines.append(speedup("06/fast_path", "GPT-2 fast path"))
+    lines.append(speedup("07/fast_path", "T5 fast path"))
     return lines
 
 
@@ -193,17 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     table = bench(args.profile, items, args.steps, directory)
     stem = "-".join(["bench", *(name.replace("/", "_") for name in args.only or [])])
     table.to_csv(directory / f"{stem}.csv")
+    ratios(table).to_csv(directory / f"{stem}-ratios.csv")
     shown = table[["device", "status", *COLUMNS]].rename(columns=COLUMNS)
     data = sorted({f"{d}, mean {t:.0f} real tokens per sample" if pd.notna(t) else d
                    for d, t in zip(table["data"], table["mean_real_tokens"]) if isinstance(d, str)})
     lines = targets(table)
     (directory / f"{stem}.md").write_text(
         f"# Throughput, profile `{args.profile}`\n\n{markdown(shown)}\n\nData: {'; '.join(data) or 'none'}.\n\n"
-        "## Targets\n\n" + "".join(f"- {line}\n" for line in lines) +
+        "## Goals\n\n" + "".join(f"- {line}\n" for line in lines) +
         "\n## Notes\n\n" + markdown(table[["steps", "mfu_counts", "attention", "note"]]) + "\n")
     print(f"\n{shown.to_string(na_rep='', float_format=lambda v: f'{v:,.1f}')}\n")
     print("\n".join(lines))
-    print(f"\ntable: {directory / stem}.md and .csv")
+    print(f"\ntable: {directory / stem}.md and .csv; ratios against the baselines: {directory / stem}-ratios.csv")
     return 0 if not (table["status"] == "failed").any() else 1
 
 

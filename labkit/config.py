@@ -97,9 +97,7 @@ class DataConfig(_Section):
     group_by_length: bool = False  # batches of features of similar length (less padding under 'dynamic')
     context_length: Literal["short", "squad"] = "short"  # embedded SQuAD: 'squad' gives SQuAD's feature lengths
     num_workers: int = Field(0, ge=0)
-    # Page-locked host batches, so that the copy to the GPU does not wait for the GPU to finish its queued work
-    # (a copy from pageable memory does, every step). None: pinned whenever the run trains on a GPU.
-    pin_memory: bool | None = None
+    pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = Field(None, gt=0)
     on_gpu: bool = False  # hold the whole data set on the GPU and augment there (CIFAR)
@@ -168,6 +166,11 @@ class ModelConfig(_Section):
     # torch.compile's mode; 'reduce-overhead' replays CUDA graphs, which removes the per-kernel launch cost
     # that bounds small, fast steps (ResNeXt on CIFAR), and needs fixed input shapes to pay off
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # torch.compile's dynamic: true compiles once for symbolic shapes; false compiles each input shape on its own
+    # (static kernels), except sizes the task marks symbolic (bert_squad: a packed row's length); None: true under
+    # data.padding dynamic or packed (every batch has its own length), else torch's default (static, then symbolic
+    # for what changes)
+    compile_dynamic: bool | None = None
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     split_devices: int = Field(1, gt=0)  # layer-wise model parallel over this many GPUs (T5)

@@ -113,9 +113,8 @@ def make_loader(cfg: Config, dataset, collate_fn, shuffle: bool, sampler=None) -
     workers = {"num_workers": d.num_workers}
     if d.num_workers > 0:
         workers.update(persistent_workers=d.persistent_workers, prefetch_factor=d.prefetch_factor)
-    pin = d.pin_memory if d.pin_memory is not None else preflight.uses_cuda(cfg) and not d.on_gpu
     return DataLoader(dataset, batch_size=process_batch(cfg), shuffle=shuffle and sampler is None, sampler=sampler,
-                      collate_fn=collate_fn, pin_memory=pin, drop_last=shuffle, **workers)
+                      collate_fn=collate_fn, pin_memory=d.pin_memory, drop_last=shuffle, **workers)
 
 
 def setup_model_and_optimizer(fabric: Fabric, model: nn.Module, t: TrainConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -222,9 +221,17 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.model.compile:
-        # Under dynamic padding or packing every batch has its own length: compile for symbolic shapes at once
-        # instead of first for the first batch's length and again when the second differs.
-        dynamic = True if cfg.data.padding in ("dynamic", "packed") else None
+        d, dynamic = cfg.data, cfg.model.compile_dynamic
+        if dynamic is None and d.padding in ("dynamic", "packed"):
+            # Every batch has its own length: compile for symbolic shapes at once instead of first for the
+            # first batch's length and again when the second differs.
+            dynamic = True
+        if dynamic is False and d.padding != "max_length":
+            # One compiled graph per batch length. Allow as many as the lengths a batch can take (each a multiple of
+            # data.pad_multiple), and a few for validation, rather than torch's 8, past which it runs uncompiled.
+            tokens = d.max_length * (cfg.train.batch_size if d.padding == "packed" else 1)
+            limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), tokens // d.pad_multiple + 8))
         model = torch.compile(model, mode=cfg.model.compile_mode, dynamic=dynamic)
     return model
 

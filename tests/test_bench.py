@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from labkit import config
+from labkit import bench, config
 from labkit.tasks import bert_squad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +31,62 @@ def test_bench_smoke_writes_its_table(tmp_path):
         assert table.loc[name, "status"] == "skipped" and any(why in note for why in ("GPU", "CUDA", "bf16 instructions"))
     markdown = (directory / "bench.md").read_text()
     assert "| configuration | device | status | samples/s | real tokens/s | MFU (%) | GPU busy (%) |" in markdown
-    assert "CPU (smoke, not a GPU figure)" in markdown and "## Targets" in markdown
-    assert "padding-free vs padded: not measured (01/fast_path_packed: skipped" in markdown
+    assert "CPU (smoke, not a GPU figure)" in markdown and "## Goals" in markdown
+    assert "padding-free vs padded, same fast path: not measured (01/fast_path_packed: skipped" in markdown
+    ratios = pd.read_csv(directory / "bench-ratios.csv")
+    assert list(ratios.columns) == bench.RATIO_COLUMNS and list(ratios["configuration"]) == list(table.index)
     assert (tmp_path / "smoke" / "bench" / "smoke" / "01_baseline_bert_squad" / "baseline" / "result.json").is_file()
-    assert "samples/s" in done.stdout and "padding-free vs padded: not measured" in done.stdout
+    assert "samples/s" in done.stdout and "padding-free vs padded, same fast path: not measured" in done.stdout
+
+
+def made_up(rows: dict[str, dict]) -> pd.DataFrame:
+    """A bench table as bench() builds it, from a few figures per row (the rest empty)."""
+    return pd.DataFrame([{"configuration": name, "status": "ok", **row} for name, row in rows.items()]).reindex(
+        columns=bench.ROW).set_index("configuration")
+
+
+FIGURES = {"01/baseline": {"samples_per_s": 160.0},
+           "01/baseline_bf16": {"samples_per_s": 600.0, "mfu": 13.0},
+           "trainer": {"samples_per_s": 580.0, "trainer_samples_per_s": 500.0},
+           "01/fast_path_padded": {"samples_per_s": 1160.0, "mfu": 29.0, "gpu_util": 99.0, "peak_allocated_gb": 1.3},
+           "01/fast_path_packed": {"samples_per_s": 1624.0, "first_step_s": 25.0, "mean_real_tokens": 171.4},
+           "03/fast_path": {"samples_per_s": 20000.0, "epoch_s": 2.6},
+           "06/r10_adamw": {"samples_per_s": 80.0}, "06/fast_path": {"samples_per_s": 100.0},
+           "07/gsm8k_bf16": {"samples_per_s": 200.0}, "07/fast_path": {"status": "skipped"}}
+
+
+def test_ratios_compare_each_row_with_the_row_it_improves_on(tmp_path):
+    r = bench.ratios(made_up(FIGURES))
+    assert list(r.index) == list(FIGURES) and list(r.reset_index().columns) == bench.RATIO_COLUMNS
+    assert r.loc["01/fast_path_padded", "baseline_samples_per_s"] == 580.0  # the Trainer's steady state, not its own figure
+    assert r.loc["01/fast_path_padded", "ratio"] == pytest.approx(2.0)
+    assert r.loc["01/fast_path_padded", ["mfu", "gpu_busy", "peak_allocated_gb"]].tolist() == [29.0, 99.0, 1.3]
+    assert r.loc["01/fast_path_packed", "ratio"] == pytest.approx(1.4)  # against the padded fast path
+    assert r.loc["trainer", "ratio"] == pytest.approx(580 / 600) and r.loc["06/fast_path", "ratio"] == pytest.approx(1.25)
+    assert pd.isna(r.loc["01/baseline", "ratio"]) and pd.isna(r.loc["01/baseline", "baseline_samples_per_s"])  # a baseline
+    assert pd.isna(r.loc["07/fast_path", "samples_per_s"]) and pd.isna(r.loc["07/fast_path", "ratio"])  # skipped: no figure
+    r.to_csv(tmp_path / "ratios.csv")
+    assert list(pd.read_csv(tmp_path / "ratios.csv").columns) == bench.RATIO_COLUMNS
+
+
+def test_targets_say_met_missed_or_not_measured():
+    padded, packed, resnext, gpt2, t5 = bench.targets(made_up(FIGURES))
+    assert "2.00x trainer's samples/s (goal: at least 1.8x, met)" in padded
+    assert "MFU 29.0% (goal: at least 30%, missed)" in padded and "2.32x the Trainer's own figure" in padded
+    assert "1.40x 01/fast_path_padded's samples/s (goal: at least 1.5x, missed)" in packed
+    assert "mean 171 real tokens" in packed and "first step 25.0 s, compilation included (goal: under 30 s, met)" in packed
+    assert "2.60 s for its last epoch" in resnext and "(goal: under 2.5 s, missed)" in resnext
+    assert "1.25x 06/r10_adamw's samples/s (goal: at least 1.3x, missed)" in gpt2
+    assert t5 == "T5 fast path: not measured (07/fast_path: skipped)"
+    faster = {**FIGURES, "01/fast_path_packed": {**FIGURES["01/fast_path_packed"], "samples_per_s": 1856.0, "first_step_s": 45.0},
+              "07/fast_path": {"samples_per_s": 300.0}, "01/fast_path_padded": {**FIGURES["01/fast_path_padded"], "mfu": 30.5}}
+    padded, packed, _, _, t5 = bench.targets(made_up(faster))
+    assert "(goal: at least 30%, met)" in padded
+    assert "1.60x 01/fast_path_padded's samples/s (goal: at least 1.5x, met)" in packed and "(goal: under 30 s, missed)" in packed
+    assert "1.50x 07/gsm8k_bf16's samples/s (goal: at least 1.3x, met)" in t5
+    gone = {k: v for k, v in FIGURES.items() if k != "trainer"}
+    assert bench.targets(made_up(gone))[0].startswith("BERT fast path on the padded input vs the HF Trainer's steady state "
+                                                      "on the same input: not measured (trainer: not run)")
 
 
 def test_trainer_baseline_runs(tmp_path):

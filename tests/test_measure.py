@@ -160,3 +160,17 @@ def test_the_environment_counts_the_devices_a_run_takes_part_on(monkeypatch):
     ddp = Config.model_validate({"task": "bert_squad", "train": {"strategy": "ddp", "devices": 2, "num_nodes": 2}})
     env = measure.environment_of(ddp)
     assert env["device"] == "cpu" and env["device_count"] == 2  # CPU ranks of this machine; nodes count on GPUs only
+
+
+@pytest.mark.parametrize("mode, resets", [("default", 2), ("reduce-overhead", 1)])
+def test_cuda_graphs_keep_the_whole_runs_memory_peak(monkeypatch, mode, resets):
+    """The steady window resets the memory peaks, except under CUDA graphs, whose memory is taken while they are
+    recorded, before the window: there the window's peak would leave it out. (One reset is training's start.)"""
+    from labkit.measure import meter as meter_module
+
+    calls = []
+    monkeypatch.setattr(meter_module, "reset_peak_memory", lambda *devices: calls.append(devices))
+    cfg = config(profile_steps=0)
+    cfg.model.compile_mode = mode
+    run_meter(cfg, total=4, slow=set())
+    assert len(calls) == resets

@@ -1,4 +1,6 @@
 """Padding-free BERT: a packed row trains exactly what the padded batch trains."""
+import itertools
+
 import pytest
 import torch
 from torch.utils.data import default_collate
@@ -66,11 +68,11 @@ def test_packed_loss_and_gradients_equal_padded(attn):
 def test_packed_row_positions_labels_and_counts():
     lengths = [5, 9, 2, 7]
     batch = features(lengths, seed=1)
-    row = packing.Packing()(batch)
-    assert row["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in row
-    assert row["position_ids"][0].tolist() == [i for n in lengths for i in range(n)]
-    assert row["cu_seq_lens_q"].tolist() == [0, 5, 14, 16, 23] and row["cu_seq_lens_q"].dtype == torch.int32
-    assert row["max_length_q"] == row["max_length_k"] == 9
+    row = packing.Packing(multiple=8, max_length=WIDTH)(batch)
+    assert row["input_ids"].shape == (1, 24) and "attention_mask" not in row  # 23 real tokens, 1 of padding
+    assert row["position_ids"][0].tolist() == [i for n in lengths for i in range(n)] + [0]
+    assert row["cu_seq_lens_q"].tolist() == [0, 5, 14, 16, 23, 24] and row["cu_seq_lens_q"].dtype == torch.int32
+    assert row["max_length_q"] == row["max_length_k"] == WIDTH  # a fixed bound, not this batch's longest feature
     for b, f in enumerate(batch):
         start = int(row["cu_seq_lens_q"][b])
         assert torch.equal(row["input_ids"][0, start: start + lengths[b]], f["input_ids"][: lengths[b]])
@@ -81,6 +83,30 @@ def test_packed_row_positions_labels_and_counts():
     assert batch_size_of(row) == 4 and int(real_tokens_of(row)) == sum(lengths)
     padded = default_collate(batch)
     assert batch_size_of(padded) == 4 and int(real_tokens_of(padded)) == sum(lengths)
+
+
+@pytest.mark.parametrize("multiple", [1, 16, 23, 64])
+def test_padding_segment_fixes_the_rows_shape_and_changes_nothing_trained(multiple):
+    """The row is padded to a multiple by one segment of its own: always one, never empty, never counted, never in
+    the loss. 64 is longer than any feature: the kernel's bound on a segment's length grows with it."""
+    model = tiny_bert()
+    model.set_attn_implementation(packing.register())
+    pack = packing.Packing(multiple=multiple, max_length=WIDTH)
+    for lengths in ([7, 31, 48, 12, 3, 15], [5, 9, 2, 7, 23, 1]):  # 116 and 47 real tokens
+        batch = features(lengths)
+        row = pack(batch)
+        width, cu = row["input_ids"].shape[1], row["cu_seq_lens_q"]
+        assert width % multiple == 0 and width - multiple <= sum(lengths) < width
+        assert cu.tolist()[:-1] == [0, *itertools.accumulate(lengths)] and int(cu[-1]) == width
+        assert (row["input_ids"][0, sum(lengths):] == 0).all() and row["max_length_q"] == max(WIDTH, multiple)
+        assert batch_size_of(row) == len(lengths) and int(real_tokens_of(row)) == sum(lengths)
+        loss, grads = loss_and_grads(model, row)
+        padded_loss, padded_grads = loss_and_grads(model, default_collate(batch))
+        assert torch.allclose(loss, padded_loss, atol=1e-5)
+        for name, grad in padded_grads.items():
+            assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-4), name
+    # A row whose features fill a whole multiple still gets its padding segment: a whole multiple of it.
+    assert packing.Packing(multiple=8, max_length=WIDTH)(features([5, 3]))["cu_seq_lens_q"].tolist() == [0, 5, 8, 16]
 
 
 def test_segments_and_segment_logsumexp():
@@ -107,6 +133,53 @@ def test_packed_attention_compiles():
     for lengths in ([7, 31, 48], [12, 3, 26, 40]):  # a new shape, as every packed batch has
         row = packing.Packing()(features(lengths))
         assert torch.allclose(qa_loss(compiled, row), qa_loss(model, row), atol=1e-5)
+
+
+def test_packed_fast_path_trains_compiled_with_one_graph_for_every_row_length(monkeypatch):
+    """The packed fast path's compile settings (its params file, through prepare_model): three training steps over
+    two row lengths train as the eager model does, and the second length reuses the first's compilation (only the
+    row's length is symbolic). On a CPU the graphs run through AOT autograd without code generation (inductor's
+    C++ build takes minutes on a small machine; CUDA graphs are a GPU's)."""
+    from labkit import config
+    from labkit.train import prepare_model
+
+    cfg = config.load("params/01_baseline_bert_squad/fast_path_packed.yaml", "smoke", {"data.pad_multiple": 16})
+    pack = packing.Packing(multiple=cfg.data.pad_multiple, max_length=WIDTH)
+    rows = [pack(features(lengths, seed)) for seed, lengths in enumerate(([7, 31, 48], [12, 3, 26], [30, 31, 30]))]
+    assert [r["input_ids"].shape[1] for r in rows] == [96, 48, 96]  # two row lengths, then the first again
+    graphs, asked, real_compile = [], {}, torch.compile
+
+    def counting(gm, inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
+
+    def compile_on_cpu(model, mode=None, dynamic=None):
+        asked.update(mode=mode, dynamic=dynamic)
+        return real_compile(model, backend=counting, dynamic=dynamic)
+
+    monkeypatch.setattr(torch, "compile", compile_on_cpu)
+    trained = []
+    try:
+        for compile_it in (True, False):
+            model = tiny_bert()
+            model.set_attn_implementation(packing.register())
+            torch._dynamo.reset()
+            run = prepare_model(cfg, model) if compile_it else model
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            losses = []
+            for row in rows:
+                loss = qa_loss(run, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in row.items()})
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                losses.append(loss.detach())
+            trained.append((torch.stack(losses), model.qa_outputs.weight.detach()))
+    finally:
+        torch._dynamo.reset()
+    (compiled_losses, compiled_weight), (eager_losses, eager_weight) = trained
+    assert asked == {"mode": "reduce-overhead", "dynamic": False} and len(graphs) == 1
+    assert torch.allclose(compiled_losses, eager_losses, atol=1e-5)
+    assert torch.allclose(compiled_weight, eager_weight, atol=1e-6) and not torch.allclose(compiled_weight, tiny_bert().qa_outputs.weight)
 
 
 def test_packed_training_run_counts_samples_and_real_tokens(tmp_path):

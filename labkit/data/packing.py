@@ -3,10 +3,14 @@
 * ``DynamicPadding`` (a collate_fn) cuts each batch of right-padded features to its longest feature.
 * ``LengthGroupedSampler`` orders an epoch so that a batch holds features of similar length, which
   leaves dynamic padding little to pad.
-* ``Packing`` (a collate_fn) concatenates a batch's features into one row of real tokens only. Position
-  ids restart at 0 for each feature, label positions are moved to where the feature now starts, and
-  ``cu_seq_lens_q/k`` and ``max_length_q/k`` (the keyword arguments transformers' flash-attention
-  integration and ``DataCollatorWithFlattening`` use) say where each feature begins.
+* ``Packing`` (a collate_fn) concatenates a batch's features into one row of real tokens, then one
+  segment of padding that lengthens the row to a multiple of ``multiple``. Position ids restart at 0 for
+  each feature, label positions are moved to where the feature now starts, and ``cu_seq_lens_q/k`` and
+  ``max_length_q/k`` (the keyword arguments transformers' flash-attention integration and
+  ``DataCollatorWithFlattening`` use) say where each segment begins. The padding is what lets a compiled
+  model replay CUDA graphs: the row takes one of a few lengths, ``cu_seq_lens`` always has batch + 2
+  entries and ``max_length_q/k`` are a fixed bound, so each row length is one static shape.
+  Attention keeps the padding to itself, no loss reads it, and no count includes it.
 * ``ATTENTION`` is an attention implementation registered with transformers' ``AttentionInterface`` that
   keeps every token's attention inside its own feature: torch's variable-length flash kernel
   (``torch.nn.attention.varlen``, torch >= 2.10, CUDA, fp16/bf16), else SDPA with a block-diagonal mask
@@ -34,6 +38,14 @@ ATTENTION = "labkit_packed"
 
 # ---------------------------------------------------------------- batches
 
+def padded_width(longest: int, multiple: int, most: int | None = None) -> int:
+    """Dynamic padding's width: a batch's ``longest`` rounded up to a multiple of ``multiple`` (data.pad_multiple),
+    but not past ``most`` (max_length) where it is set. Batches then come in a few shapes, not one per length: a
+    compiled model compiles (and records a CUDA graph of) each shape it meets, so a few shapes cost a few compilations."""
+    rounded = -(-longest // multiple) * multiple
+    return rounded if most is None else max(longest, min(rounded, most))
+
+
 class DynamicPadding:
     """collate_fn: stack right-padded features, then cut the batch to its longest feature rounded up to a
     multiple of ``multiple`` (8: whole tensor-core tiles)."""
@@ -43,38 +55,53 @@ class DynamicPadding:
 
     def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         batch = default_collate(features)
-        full = batch["attention_mask"].shape[1]
-        width = min(-(-int(batch["attention_mask"].sum(1).max()) // self.multiple) * self.multiple, full)
+        width = padded_width(int(batch["attention_mask"].sum(1).max()), self.multiple, batch["attention_mask"].shape[1])
         return {k: v[:, :width].contiguous() if v.dim() == 2 else v for k, v in batch.items()}
 
 
 class Packing:
-    """collate_fn: a batch of right-padded features -> one row (batch dimension 1) of their real tokens.
+    """collate_fn: a batch of right-padded features -> one row (batch dimension 1) of their real tokens,
+    followed by one padding segment of 1 to ``multiple`` tokens that makes the row's length a multiple of
+    ``multiple``.
 
-    Per-token keys are concatenated without their padding (``attention_mask`` is dropped: nothing is
-    padded); ``position_ids`` count 0, 1, ... within each feature; the per-feature keys named in
+    Per-token keys are concatenated without the features' own padding (``attention_mask`` is dropped:
+    attention is confined to each segment instead), then the padding segment is appended (zeros, position
+    0); ``position_ids`` count 0, 1, ... within each feature; the per-feature keys named in
     ``position_keys`` (token indices into the feature, e.g. QA start/end labels) are offset to the
-    feature's start in the row; other per-feature keys are stacked.
+    feature's start in the row; other per-feature keys are stacked. ``max_length_q/k`` are a fixed upper
+    bound on every segment (the longer of ``max_length`` and ``multiple``; the varlen kernel accepts a
+    bound) rather than the batch's longest segment, so that they do not change from batch to batch.
+
+    The padding segment is never empty, so the row always has len(features) + 1 segments: the last
+    is padding (``batch_size_of`` and ``real_tokens_of`` in labkit.tasks skip it). A segment of its own
+    rather than tokens past the last feature: the flash kernel leaves tokens outside every segment
+    unwritten, and garbage there would reach the weight gradients (0 x NaN is NaN).
     """
 
-    def __init__(self, position_keys: Sequence[str] = ("start_positions", "end_positions")):
-        self.position_keys = tuple(position_keys)
+    def __init__(self, position_keys: Sequence[str] = ("start_positions", "end_positions"), multiple: int = 8,
+                 max_length: int = 512):
+        self.position_keys, self.multiple, self.max_length = tuple(position_keys), multiple, max_length
+        self.bound = max(max_length, multiple)  # no feature is longer than max_length, the padding than multiple
 
     def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | int]:
         lengths = [int(f["attention_mask"].sum()) for f in features]
-        starts = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+        if max(lengths) > self.max_length:
+            raise ValueError(f"a feature of {max(lengths)} tokens is longer than max_length={self.max_length}")
+        total = sum(lengths)
+        padding = -(-(total + 1) // self.multiple) * self.multiple - total  # at least one token
+        starts = torch.tensor([0, *itertools.accumulate(lengths), total + padding], dtype=torch.int32)
         row: dict[str, torch.Tensor | int] = {}
         for key, value in features[0].items():
             if key == "attention_mask":
                 continue
             if value.dim() == 1:
-                row[key] = torch.cat([f[key][:n] for f, n in zip(features, lengths)])[None]
+                row[key] = torch.cat([*(f[key][:n] for f, n in zip(features, lengths)), value.new_zeros(padding)])[None]
             else:
                 row[key] = torch.stack([f[key] for f in features])
                 if key in self.position_keys:
-                    row[key] = row[key] + starts[:-1].to(row[key].dtype)
-        row["position_ids"] = torch.cat([torch.arange(n) for n in lengths])[None]
-        row.update(cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=max(lengths), max_length_k=max(lengths))
+                    row[key] = row[key] + starts[:-2].to(row[key].dtype)
+        row["position_ids"] = torch.cat([*(torch.arange(n) for n in lengths), torch.zeros(padding, dtype=torch.long)])[None]
+        row.update(cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=self.bound, max_length_k=self.bound)
         return row
 
 

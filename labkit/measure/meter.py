@@ -235,8 +235,11 @@ class Meter:
         if self._window is None:
             synchronize(self.device)
             # The steady state's own peak: cuDNN's algorithm search, compilation and validation allocate
-            # scratch space that training never needs again.
-            reset_peak_memory(*self.devices)
+            # scratch space that training never needs again. Not under CUDA graphs: they take their memory
+            # while being recorded, before the steady state, and replays allocate nothing new, so the steady
+            # state's peak would leave out the memory the graphs hold.
+            if self.cfg.model.compile_mode not in ("reduce-overhead", "max-autotune"):
+                reset_peak_memory(*self.devices)
             self._window = (time.perf_counter(), self.samples)
 
     def _close_window(self) -> None:

@@ -47,6 +47,9 @@ def build(cfg: ModelConfig, vocab_size: int) -> tuple[nn.Module, dict]:
     if vocab_size > config.vocab_size:
         raise ValueError(f"the tokenizer has {vocab_size} tokens but GPT-2 '{cfg.preset}' only {config.vocab_size} embeddings")
     model, info = build_hf(AutoModelForCausalLM, cfg, hub_name or f"gpt2-{cfg.preset}", config)
+    # GPT2LMHeadModel's class name maps to no loss in transformers, which then warns on every forward and falls back to
+    # the causal LM loss: naming that loss removes the warning, which would also split a compiled forward in two.
+    model.loss_type = "ForCausalLM"
     info["checkpointed_blocks"] = apply_checkpointing(model.transformer.h, cfg.checkpointing, cfg.checkpoint_every)
     c = model.config
     info.update(layers=c.n_layer, hidden=c.n_embd, finetune=cfg.finetune)

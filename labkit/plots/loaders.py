@@ -16,7 +16,7 @@ def loader_table(records: Sequence[dict]) -> pd.DataFrame:
         d, s, epochs = r["params"]["data"], r.get("summary", {}), r.get("curves", {}).get("epoch_time_s", [])
         rows.append({"config": r["run"]["config"], "status": r["status"], "device": device_label(r.get("env", {})),
                      "loader": "data set on the GPU" if d["on_gpu"] else f"{d['num_workers']} worker(s)",
-                     "pin_memory": "on a GPU" if d["pin_memory"] is None else d["pin_memory"], "persistent": d["persistent_workers"],
+                     "pin_memory": d["pin_memory"], "persistent": d["persistent_workers"],
                      "data wait / step (ms)": ms_of(s, "data_s"), "compute / step (ms)": ms_of(s, "fwd_bwd_s", "optimizer_s"),
                      "first epoch (s)": epochs[0] if epochs else None, "last epoch (s)": epochs[-1] if epochs else None,
                      "GPU util (%)": s.get("gpu_util_mean_pct"), "samples/s": s.get("samples_per_s"),

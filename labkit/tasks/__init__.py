@@ -35,16 +35,17 @@ def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 def batch_size_of(batch: Any) -> int:
-    """Samples in a batch; a packed batch (labkit.data.packing: one row of several sequences) counts its sequences."""
+    """Samples in a batch; a packed batch (labkit.data.packing.Packing: one row of several sequences, then one
+    segment of padding) counts its sequences, not the padding."""
     if isinstance(batch, dict):
-        return len(batch["cu_seq_lens_q"]) - 1 if "cu_seq_lens_q" in batch else len(batch["input_ids"])
+        return len(batch["cu_seq_lens_q"]) - 2 if "cu_seq_lens_q" in batch else len(batch["input_ids"])
     return len(batch[0])
 
 
 def real_tokens_of(batch: Any) -> torch.Tensor | None:
     """Non-padding tokens in a batch (a device tensor: reading it later avoids a sync per step)."""
     if isinstance(batch, dict) and "cu_seq_lens_q" in batch:
-        return batch["cu_seq_lens_q"][-1]  # a packed row holds real tokens only
+        return batch["cu_seq_lens_q"][-2]  # where the packed row's padding segment begins
     if isinstance(batch, dict) and "attention_mask" in batch:
         return batch["attention_mask"].sum()
     return None

@@ -57,14 +57,21 @@ def load_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
 
 def qa_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Mean of the start and end cross-entropies, each a softmax over the feature's real tokens only."""
+    if "cu_seq_lens_q" in batch:
+        # A packed row's length is the one input size that changes from batch to batch: compiled, it alone is
+        # symbolic (the rest stays static), so the model compiles once and replays one CUDA graph per row length.
+        # maybe_: should tracing ever specialise it, that length compiles on its own instead of failing the run.
+        for key in ("input_ids", "token_type_ids", "position_ids"):
+            torch._dynamo.maybe_mark_dynamic(batch[key], 1)
     out = model(**{k: v for k, v in batch.items() if k not in LABELS})
-    if "cu_seq_lens_q" in batch:  # packed: one row, a softmax per feature
+    if "cu_seq_lens_q" in batch:  # packed: one row, a softmax per segment
         cu = batch["cu_seq_lens_q"]
         segments = packing.segment_ids(cu, out.start_logits.shape[-1])
 
         def nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            # The features are the first len(target) segments; the row's last, its padding, is not read.
             logits = logits[0].float()
-            return (packing.segment_logsumexp(logits, segments, len(cu) - 1) - logits[target]).mean()
+            return (packing.segment_logsumexp(logits, segments, len(cu) - 1)[: len(target)] - logits[target]).mean()
     else:
         padding = batch["attention_mask"] == 0
 
@@ -82,7 +89,8 @@ def batching(cfg: Config, lengths: torch.Tensor, padding_side: str):
     if d.padding != "max_length" and padding_side != "right":
         raise ValueError(f"data.padding '{d.padding}' cuts padding off the right of each feature, but this tokenizer "
                          "pads on the left: use data.padding max_length")
-    collate = {"max_length": None, "dynamic": packing.DynamicPadding(), "packed": packing.Packing(LABELS)}[d.padding]
+    collate = {"max_length": None, "dynamic": packing.DynamicPadding(d.pad_multiple),
+               "packed": packing.Packing(LABELS, d.pad_multiple, d.max_length)}[d.padding]
     # One group is one optimizer micro-step's batches over every device, so each rank's batch is alike in length.
     group = t.batch_size * t.devices * t.num_nodes
     sampler = packing.LengthGroupedSampler(lengths.tolist(), group, seed=t.seed) if d.group_by_length else None
@@ -99,11 +107,11 @@ def flops_per_feature(cfg: Config, model: nn.Module, info: dict, lengths: torch.
     if d.padding == "max_length":
         return flops(d.max_length), {"flops_counted": f"every feature padded to {d.max_length} tokens"}
     if d.padding == "packed":
-        return float(flops(lengths.double()).mean()), {"flops_counted": "real tokens only, attention within each feature"}
+        return float(flops(lengths.double()).mean()), {
+            "flops_counted": "real tokens only (not the packed row's padding), attention within each feature"}
     order = torch.tensor(list(sampler)) if sampler else torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))
     batches = lengths[order].split(cfg.train.batch_size)
-    multiple = packing.DynamicPadding().multiple
-    widths = torch.tensor([min(-(-int(b.max()) // multiple) * multiple, d.max_length) for b in batches], dtype=torch.float64)
+    widths = torch.tensor([packing.padded_width(int(b.max()), d.pad_multiple, d.max_length) for b in batches], dtype=torch.float64)
     sizes = torch.tensor([len(b) for b in batches], dtype=torch.float64)
     padded = float((widths * sizes).sum() / sizes.sum())
     return float((flops(widths) * sizes).sum() / sizes.sum()), {

@@ -29,10 +29,12 @@ import torch
 from torch import nn
 
 from labkit.config import Config
+from labkit.data.packing import padded_width
 from labkit.data.sources import hold_out, load_hub
 from labkit.data.synthetic.sft import generate_pairs
 from labkit.data.tokenizers import load_tokenizer
 from labkit.models import gpt2
+from labkit.precision import PRECISIONS
 from labkit.tasks import Task, transformer_flops_per_sample
 
 HUB_DATASET = "Dahoas/rm-static"
@@ -126,13 +128,16 @@ def encode(pairs: list[dict[str, str]], tokenizer, max_length: int) -> tuple[lis
 
 @dataclass
 class Collate:
-    """Pads a batch on the right to ``width`` (or to its longest pair): padding is masked and unlabelled."""
+    """Pads a batch on the right to ``width``, or (``width`` None) to its longest pair rounded up to a multiple of
+    ``multiple``, at most ``most`` wide: padding is masked and unlabelled."""
 
     pad_id: int
     width: int | None = None
+    multiple: int = 1
+    most: int | None = None
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = self.width or max(len(f["input_ids"]) for f in features)
+        width = self.width or padded_width(max(len(f["input_ids"]) for f in features), self.multiple, self.most)
         batch = {"input_ids": torch.full((len(features), width), self.pad_id),
                  "attention_mask": torch.zeros(len(features), width, dtype=torch.long),
                  "labels": torch.full((len(features), width), IGNORE)}
@@ -271,20 +276,26 @@ def build_task(cfg: Config) -> Task:
     model.config.pad_token_id = tokenizer.pad_token_id
     train_set, truncated = encode(train_pairs, tokenizer, d.max_length)
     test_set, _ = encode(test_pairs, tokenizer, d.max_length)
-    collate = Collate(tokenizer.pad_token_id, d.max_length if d.padding == "max_length" else None)
+    collate = Collate(tokenizer.pad_token_id, d.max_length if d.padding == "max_length" else None, d.pad_multiple,
+                      d.max_length)
     samples = test_pairs[:GENERATIONS]
 
     @torch.no_grad()
     def evaluate(model: nn.Module, batch_size: int, limit: int | None) -> dict[str, float]:
         """Test loss per response token (perplexity is its exp), then greedy answers to the first test prompts."""
+        # The model inside Fabric's wrapper, under the training precision's autocast: a compiled forward would compile
+        # again for the evaluation's batch size, and Fabric refuses generate() on a compiled model.
+        model = getattr(model, "module", model)
         device = next(model.parameters()).device
+        dtype = PRECISIONS[cfg.train.precision].autocast
         nll, targets = torch.zeros((), device=device, dtype=torch.float64), 0
         pairs = test_set[:limit]
-        for start in range(0, len(pairs), batch_size):
-            batch = {k: v.to(device) for k, v in collate(pairs[start: start + batch_size]).items()}
-            n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model predicts token t+1 from tokens <= t
-            nll += model(**batch).loss.double() * n
-            targets += n
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            for start in range(0, len(pairs), batch_size):
+                batch = {k: v.to(device) for k, v in collate(pairs[start: start + batch_size]).items()}
+                n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model predicts token t+1 from tokens <= t
+                nll += model(**batch).loss.double() * n
+                targets += n
         loss = (nll / targets).item()
         responses = generate(model, tokenizer, [s["prompt"] for s in samples], d.max_length)
         info["generations"] = [{"prompt": s["prompt"], "reference": s["response"], "generated": r}

@@ -31,6 +31,7 @@ from torch import nn
 from transformers.models.t5.modeling_t5 import T5Block
 
 from labkit.data import squad
+from labkit.data.packing import padded_width
 from labkit.data.sources import hold_out, load_hub
 from labkit.data.synthetic.bioqa import generate_bioqa
 from labkit.data.synthetic.gsm8k import generate_gsm8k
@@ -165,11 +166,16 @@ def text_pairs(dataset: str, examples: list[dict], gsm8k_answer: str = "solution
 
 class TextToText:
     """collate_fn: a list of (source, target) pairs -> input_ids, attention_mask and labels (padding -100).
-    Runs in the loader's worker processes, so tokenisation overlaps the GPU's work when num_workers > 0."""
+    Runs in the loader's worker processes, so tokenisation overlaps the GPU's work when num_workers > 0.
 
-    def __init__(self, tokenizer: Any, max_length: int, target_length: int, padding: str):
+    Padding ``dynamic``: sources and targets each to their batch's longest, rounded up to a multiple of
+    ``multiple``. The rounding keeps the shapes few: a compiled model compiles each (source, target) shape it
+    meets, and eager attention kernels that plan per shape (cuDNN's) plan each once, not every step."""
+
+    def __init__(self, tokenizer: Any, max_length: int, target_length: int, padding: str, multiple: int = 1):
         self.tokenizer, self.max_length, self.target_length = tokenizer, max_length, target_length
         self.padding = "max_length" if padding == "max_length" else "longest"
+        self.multiple = multiple
 
     def __call__(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         sources, targets = zip(*pairs)
@@ -177,8 +183,16 @@ class TextToText:
                                return_tensors="pt")
         labels = self.tokenizer(text_target=list(targets), max_length=self.target_length, truncation=True,
                                 padding=self.padding, return_tensors="pt")["input_ids"]
+        if self.padding == "longest":  # the tokenizer's own pad_to_multiple_of refuses a max_length off the multiple
+            batch = {k: self.widen(v, self.max_length, 0 if k == "attention_mask" else self.tokenizer.pad_token_id)
+                     for k, v in batch.items()}
+            labels = self.widen(labels, self.target_length, self.tokenizer.pad_token_id)
         labels[labels == self.tokenizer.pad_token_id] = -100  # padding does not count in the loss
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+
+    def widen(self, ids: torch.Tensor, most: int, value: int) -> torch.Tensor:
+        """``ids`` padded on the right to the next multiple of ``multiple`` (at most ``most`` wide)."""
+        return nn.functional.pad(ids, (0, padded_width(ids.shape[1], self.multiple, most) - ids.shape[1]), value=value)
 
 
 # ----------------------------------------------------------------------------- the task
@@ -192,7 +206,7 @@ def build_task(cfg: Config) -> Task:
     tokenizer = load_tokenizer(cfg.model, [text for pair in train_set for text in pair if text], "unigram", t5.T5_VOCAB,
                                t5.PRESETS[cfg.model.preset][0])
     model, info = t5.build(cfg.model, len(tokenizer))
-    collate = TextToText(tokenizer, d.max_length, d.target_length, d.padding)
+    collate = TextToText(tokenizer, d.max_length, d.target_length, d.padding, d.pad_multiple)
     evaluate = make_evaluate(cfg, tokenizer, collate, val_set, val_examples)
 
     lengths = tokenizer([s for s, _ in train_set] + [t for _, t in train_set])["input_ids"]
@@ -200,15 +214,22 @@ def build_task(cfg: Config) -> Task:
     info.update(data_source=d.source, dataset=d.dataset, train_examples=n, val_examples=len(val_set),
                 test_examples=len(test_set) if test_set else 0,
                 sources_truncated=sum(len(x) > d.max_length for x in lengths[:n]) / n,
-                targets_truncated=sum(len(x) > d.target_length for x in lengths[n:]) / n)
+                targets_truncated=sum(len(x) > d.target_length for x in lengths[n:]) / n,
+                # the source's tokens, as the loop counts real tokens (its attention mask), and the answer's
+                mean_real_tokens=sum(min(len(x), d.max_length) for x in lengths[:n]) / n,
+                mean_target_tokens=sum(min(len(x), d.target_length) for x in lengths[n:]) / n)
     encoder, decoder = t5.non_embedding_params(t5_of(model))
     c = t5_of(model).config
     inner = c.num_heads * c.d_kv
+    # Padded to max_length, the model computes every position; padded dynamically, the real tokens are the work
+    # counted (as gpt2_sft counts them), so MFU does not credit the padding a dynamic batch no longer carries.
+    source, target = ((d.max_length, d.target_length) if d.padding == "max_length"
+                      else (info["mean_real_tokens"], info["mean_target_tokens"]))
     # Encoder and decoder as two transformers over their own lengths, plus cross-attention and the tied LM head.
-    flops = (transformer_flops_per_sample(encoder, c.num_layers, inner, d.max_length)
-             + transformer_flops_per_sample(decoder, c.num_decoder_layers, inner, d.target_length)
-             + 12 * c.num_decoder_layers * inner * d.max_length * d.target_length
-             + 6 * c.d_model * c.vocab_size * d.target_length)
+    flops = (transformer_flops_per_sample(encoder, c.num_layers, inner, source)
+             + transformer_flops_per_sample(decoder, c.num_decoder_layers, inner, target)
+             + 12 * c.num_decoder_layers * inner * source * target
+             + 6 * c.d_model * c.vocab_size * target)
     return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=collate, evaluate=evaluate,
                 flops_per_sample=flops, info=info, test_set=test_set)
 
