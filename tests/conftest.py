@@ -21,3 +21,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_thread(monkeypatch, request) -> None:
+    """One math thread, here (runs made in this process with labkit.run) and in the processes started from here
+    (notebook kernels, ranks): on a busy 2-core machine, threads waiting on each other cost far more than they gain."""
+    import torch  # here, not at the top: most tests never need it
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    torch.set_num_threads(1)

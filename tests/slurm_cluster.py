@@ -52,8 +52,11 @@ class Cluster:
         self.conf = root / "slurm.conf"
         # slurmctld, slurmd and munged live in /usr/sbin, which a non-login PATH may lack
         # (and a test run inside a job of another cluster must not pass its SLURM_* on to this one's jobs)
+        # OMP_NUM_THREADS=1: both nodes share this machine's cores and task/none binds a job to none of them, so
+        # each PyTorch process of a one-CPU job would start a thread per core, and spin them against each other
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")},
-                    "SLURM_CONF": str(self.conf), "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin"}
+                    "SLURM_CONF": str(self.conf), "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin",
+                    "OMP_NUM_THREADS": "1"}
         self._daemons: list[tuple[str, Path]] = []  # name, pid file
 
     # -- starting --------------------------------------------------------------------------------
@@ -108,11 +111,13 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2
+# the scheduler's and backfill's passes every second (defaults 60 s and 30 s): jobs start as soon as they can
+SchedulerParameters=sched_interval=1,bf_interval=1
 MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
-KillWait=10
+# a cancelled job's processes get SIGKILL 2 s after SIGTERM (default 30 s)
+KillWait=2
 MinJobAge=600
 InactiveLimit=0
 {nodes}
@@ -140,7 +145,7 @@ PartitionName={PARTITION} Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE D
             states = out.stdout.strip()
             if out.returncode == 0 and sorted(states.split("\n")) == [f"{n} idle" for n in NODES]:
                 return
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise RuntimeError(f"the nodes did not come up within {timeout_s:.0f} s (sinfo: {states!r})"
                            f"{self._log_tail('slurmctld')}")
 
@@ -177,7 +182,7 @@ PartitionName={PARTITION} Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE D
                 return states
             if time.monotonic() > deadline:
                 raise TimeoutError(f"jobs still going after {timeout_s:.0f} s: {states}")
-            time.sleep(1)
+            time.sleep(0.5)
 
     # -- stopping --------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -158,3 +158,20 @@ def test_a_notebook_killed_after_its_record_said_ok_is_run_again(kit, capsys):
     assert rows["01_fake/c"][0] != "done" and rows["01_fake/c"][1] == "ok"  # run again, to the end this time
     assert "c.ipynb was not executed to the end" in out.err
     assert runall.executed_to_the_end(kit / "runs" / "smoke" / NOTEBOOK / "c.ipynb")
+
+
+def test_a_notebook_stopped_before_its_cells_ran_is_not_finished(tmp_path):
+    """papermill's clean-up after a stop (scancel before the first cell) writes an end time and marks every cell
+    'completed'; code cells that never ran have no execution count, so the notebook is not finished."""
+    def notebook(count):
+        return {"metadata": {"papermill": {"end_time": "2026-11-30T00:00:00", "exception": None}},
+                "cells": [{"cell_type": "markdown", "source": "# lab", "metadata": {"papermill": {"status": "completed"}}},
+                          {"cell_type": "code", "source": "", "execution_count": None, "metadata": {"papermill": {"status": "completed"}}},
+                          {"cell_type": "code", "source": "x = 1", "execution_count": count,
+                           "metadata": {"papermill": {"status": "completed"}}}]}
+
+    path = tmp_path / "c.ipynb"
+    path.write_text(json.dumps(notebook(None)))
+    assert not runall.executed_to_the_end(path)
+    path.write_text(json.dumps(notebook(3)))
+    assert runall.executed_to_the_end(path)  # an empty cell needs no count

@@ -97,8 +97,11 @@ def executed_to_the_end(notebook: Path) -> bool:
         meta, cells = executed["metadata"]["papermill"], executed["cells"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    # A job stopped before its cells ran (scancel) gets an end time and 'completed' cells from papermill's clean-up
+    # too; its code cells were never given an execution count.
     return bool(meta.get("end_time")) and not meta.get("exception") and \
-        all(c.get("metadata", {}).get("papermill", {}).get("status") == "completed" for c in cells)
+        all(c.get("metadata", {}).get("papermill", {}).get("status") == "completed" for c in cells) and \
+        all(c.get("execution_count") is not None for c in cells if c.get("cell_type") == "code" and "".join(c.get("source", "")).strip())
 
 
 def finished(job: Job, runs_dir: Path, profile: str) -> tuple[str | None, str]:
@@ -122,12 +125,12 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (scancel, a preempted SLURM job): stop as Ctrl-C does
 
 
-def run_job(job: Job, profile: str, runs_dir: Path) -> tuple[str, str]:
+def run_job(job: Job, profile: str, runs_dir: Path, overrides: dict | None = None) -> tuple[str, str]:
     import papermill
 
     parameters = {"profile": profile, "runs_dir": str(runs_dir)}
-    if job.params_file:
-        parameters["config"] = str(job.params_file.relative_to(ROOT))
+    if job.params_file:  # the report notebook takes neither a configuration nor overrides
+        parameters.update(config=str(job.params_file.relative_to(ROOT)), overrides=overrides or {})
     out = job.output(runs_dir, profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -142,7 +145,8 @@ def run_job(job: Job, profile: str, runs_dir: Path) -> tuple[str, str]:
     return (record["status"], record.get("error") or "") if record else ("ok", "")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, overrides: dict | None = None) -> int:
+    """``overrides``: dotted keys laid over every configuration run (e.g. a shorter run for a test)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--force", action="store_true", help="run finished configurations again")
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{i}/{len(jobs)}] {name} (profile {args.profile})", flush=True)
                     start = time.perf_counter()
                     try:
-                        status, message = run_job(job, args.profile, runs_dir)
+                        status, message = run_job(job, args.profile, runs_dir, overrides)
                     except Exception as err:  # a broken notebook file, a kernel that died: record and go on
                         status, message = "failed", f"{type(err).__name__}: {err}"
                     rows.append((name, f"{time.perf_counter() - start:.0f}s", status, message))
