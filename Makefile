@@ -23,8 +23,11 @@ run-all: setup
 	$(PY) -m labkit.launch.runall --profile $(PROFILE) $(if $(FORCE),--force) $(if $(ONLY),--only $(ONLY)); \
 	status=$$?; $(PY) -m labkit.report --profile $(PROFILE); exit $$status
 
+# Two workers, a test file each, one math thread per process: most tests wait on notebook kernels and child
+# processes part of the time. Then the tests that time real processes against limits, alone.
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 # Jupyter refuses to start as root without --allow-root (a container, a cluster's login as root).
 lab: setup

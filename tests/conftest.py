@@ -32,3 +32,14 @@ def one_thread(monkeypatch, request) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
     torch.set_num_threads(1)
+
+
+# Files whose tests time real processes against limits (ranks, a scheduler, signals): `make test` runs them after
+# the others, one at a time, so that no other test's processes share the cores with them.
+SERIAL = {"test_slurm_cluster.py", "test_distributed.py", "test_resume.py", "test_fsdp_gradients.py"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in SERIAL:
+            item.add_marker(pytest.mark.serial)
