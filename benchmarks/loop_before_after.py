@@ -1,0 +1,72 @@
+"""One configuration with the kit's code at another commit and with this checkout's, alternating, in one CSV.
+
+    python benchmarks/loop_before_after.py --before 9b018e0 --pairs 4 --out before_after.csv \
+        --set data.pin_memory=false --set train.max_steps=80 params/01_baseline_bert_squad/baseline_bf16.yaml
+
+The other commit's ``labkit/`` and ``params/`` are unpacked into a temporary folder (``git archive``), and each
+run is ``benchmarks/time_configs.py`` in a process of its own from the code's folder, so ``import labkit`` finds
+that code. Runs alternate (after, before, after, before, ...) on one machine start, so that a drift of the
+machine does not pass for a difference between the two: absolute figures move between machine starts, pairs
+measured side by side do not. Columns: code, pair, then time_configs.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def unpack(commit: str, into: Path) -> Path:
+    """``labkit/`` and ``params/`` as they were at ``commit``."""
+    archive = subprocess.run(["git", "archive", commit, "labkit", "params"], cwd=ROOT, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def timed(code: Path, params: str, profile: str, settings: list[str], out: Path) -> dict:
+    """time_configs.py over ``params`` with the labkit in ``code``; its one CSV row."""
+    command = [sys.executable, str(HERE / "time_configs.py"), "--profile", profile, "--out", str(out), params]
+    for setting in settings:
+        command += ["--set", setting]
+    subprocess.run(command, cwd=code, check=True)
+    with out.open() as f:
+        return next(csv.DictReader(f))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("params", help="one params file, relative to the kit's root")
+    p.add_argument("--before", required=True, help="the commit to compare this checkout with")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--profile", default="gpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="labkit-before-after-"))
+    codes = {"after": ROOT, "before": unpack(args.before, work / "before")}
+    rows = []
+    for pair in range(1, args.pairs + 1):
+        for name, code in codes.items():
+            row = timed(code, args.params, args.profile, args.set, work / f"{name}_{pair}.csv")
+            rows.append({"code": name if name == "after" else f"before ({args.before})", "pair": pair, **row})
+            print(f"pair {pair}, {name}: {row.get('samples_per_s')} samples/s", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("w", newline="") as f:  # after every run: a stopped command keeps what it measured
+                writer = csv.DictWriter(f, list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
