@@ -14,6 +14,11 @@ class Precision:
     half: bool  # activations held in 16 bits
     label: str  # how tables and plots name it
 
+    def autocast_on(self, device: torch.device) -> torch.autocast:
+        """The forward's autocast on ``device`` as training runs it (disabled without mixed precision): for work
+        done on the model outside Fabric's wrapper, such as generation."""
+        return torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
+
 
 PRECISIONS = {
     # TF32 is a matmul setting, not a Fabric precision: Fabric runs fp32 and labkit.train.make_fabric lets the

@@ -287,10 +287,9 @@ def build_task(cfg: Config) -> Task:
         # again for the evaluation's batch size, and Fabric refuses generate() on a compiled model.
         model = getattr(model, "module", model)
         device = next(model.parameters()).device
-        dtype = PRECISIONS[cfg.train.precision].autocast
         nll, targets = torch.zeros((), device=device, dtype=torch.float64), 0
         pairs = test_set[:limit]
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with PRECISIONS[cfg.train.precision].autocast_on(device):
             for start in range(0, len(pairs), batch_size):
                 batch = {k: v.to(device) for k, v in collate(pairs[start: start + batch_size]).items()}
                 n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model predicts token t+1 from tokens <= t

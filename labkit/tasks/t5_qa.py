@@ -257,8 +257,7 @@ def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: lis
         # needs nothing of DDP's forward, and a compiled forward would recompile for every generated length.
         core = t5_of(model)
         device = next(core.parameters()).device
-        dtype = PRECISIONS[cfg.train.precision].autocast
-        autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        autocast = PRECISIONS[cfg.train.precision].autocast_on(device)
         sharded = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         # FSDP2 keeps the root's own parameters (the tied embedding) sharded outside the root's forward, and
