@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batches-from", help="a bert_squad params file: train on labkit's own first batches")
     p.add_argument("--profile", default="gpu", help="the profile for --batches-from")
+    p.add_argument("--trace", help="after timing, profile 3 more steps and write rank 0's Chrome trace here (.json.gz)")
     args = p.parse_args()
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -103,6 +104,14 @@ def main() -> None:
     if world > 1:
         dist.all_reduce(figures, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace; the fullest GPU the memory
     step_s, peak_gb = figures.tolist()
+    if args.trace:  # after the timed steps, so that the profiler changes none of them
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for i in range(3):
+                step(i)
+            torch.cuda.synchronize()
+        if rank == 0:
+            prof.export_chrome_trace(args.trace)
     if rank == 0:
         print(json.dumps({
             "bench": "bare_distributed", "strategy": args.strategy, "devices": world,

@@ -5,9 +5,10 @@
 
 The other commit's ``labkit/`` and ``params/`` are unpacked into a temporary folder (``git archive``), and each
 run is ``benchmarks/time_configs.py`` in a process of its own from the code's folder, so ``import labkit`` finds
-that code. Runs alternate (after, before, after, before, ...) on one machine start, so that a drift of the
-machine does not pass for a difference between the two: absolute figures move between machine starts, pairs
-measured side by side do not. Columns: code, pair, then time_configs.py's.
+that code. Runs alternate on one machine start, the order turned round every pair (after, before, before,
+after, ...), so that neither a drift of the machine nor going first passes for a difference between the two:
+absolute figures move between machine starts, pairs measured side by side do not. Columns: code, pair, then
+time_configs.py's. With ``--runs-dir`` each run's record (and its profiled steps' trace) is kept there.
 """
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ def unpack(commit: str, into: Path) -> Path:
     return into
 
 
-def timed(code: Path, params: str, profile: str, settings: list[str], out: Path) -> dict:
+def timed(code: Path, params: str, profile: str, settings: list[str], out: Path, runs_dir: Path | None) -> dict:
     """time_configs.py over ``params`` with the labkit in ``code``; its one CSV row."""
     command = [sys.executable, str(HERE / "time_configs.py"), "--profile", profile, "--out", str(out), params]
+    if runs_dir is not None:
+        command += ["--runs-dir", str(runs_dir)]
     for setting in settings:
         command += ["--set", setting]
     subprocess.run(command, cwd=code, check=True)
@@ -46,18 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("params", help="one params file, relative to the kit's root")
     p.add_argument("--before", required=True, help="the commit to compare this checkout with")
+    p.add_argument("--before-dir", type=Path, help="that commit's labkit/ and params/, unpacked already (a copy without git)")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--profile", default="gpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--runs-dir", type=Path, help="keep each run's record here, in <code>_<pair>/")
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="labkit-before-after-"))
-    codes = {"after": ROOT, "before": unpack(args.before, work / "before")}
+    codes = {"after": ROOT, "before": args.before_dir.resolve() if args.before_dir else unpack(args.before, work / "before")}
     rows = []
     for pair in range(1, args.pairs + 1):
-        for name, code in codes.items():
-            row = timed(code, args.params, args.profile, args.set, work / f"{name}_{pair}.csv")
+        order = list(codes.items()) if pair % 2 else list(codes.items())[::-1]
+        for name, code in order:
+            runs = args.runs_dir.resolve() / f"{name}_{pair}" if args.runs_dir else None
+            row = timed(code, args.params, args.profile, args.set, work / f"{name}_{pair}.csv", runs)
             rows.append({"code": name if name == "after" else f"before ({args.before})", "pair": pair, **row})
             print(f"pair {pair}, {name}: {row.get('samples_per_s')} samples/s", flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)

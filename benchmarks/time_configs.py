@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 COLUMNS = ["config", "status", "wall_s", "train_time_s", "samples_per_s", "peak_allocated_gb", "per_gpu_gb",
-           "final_val_loss", "accuracy", "error"]
+           "final_val_loss", "accuracy", "step_s", "fwd_bwd_s", "optimizer_s", "wait_s", "data_s", "gpu_util_mean_pct",
+           "error"]
 
 
 def run(params_file: str, profile: str, overrides: dict, runs_dir: Path, timeout_s: float) -> dict:
@@ -51,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout-s", type=float, default=600, help="for each configuration")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every configuration")
+    p.add_argument("--runs-dir", type=Path, help="keep the runs' records (and profiled traces) here; default: a temporary folder")
     args = p.parse_args(argv)
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.set)}
 
-    runs_dir = Path(tempfile.mkdtemp(prefix="labkit-timed-"))
+    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="labkit-timed-"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     total = time.monotonic()
     with args.out.open("w", newline="") as f:

@@ -88,6 +88,20 @@ def test_the_steady_window_leaves_out_warm_up_and_profiled_steps():
     assert c["top_ops"] and c["epoch_time_s"] and c["gpu"] == []
 
 
+def test_writing_out_the_trace_is_not_training_time(monkeypatch):
+    stop = measure.CommProfiler.stop
+
+    def slow_stop(self, step):  # as if reading the profile and writing its trace took 2 s
+        if self.running:
+            time.sleep(2.0)
+        stop(self, step)
+
+    monkeypatch.setattr(measure.CommProfiler, "stop", slow_stop)
+    meter = run_meter(config(), total=8, slow=set())
+    assert meter.result()["summary"]["profiled_steps"] == 3
+    assert meter.curves["epoch_time_s"][0] < 2.0  # eight steps of a few ms, without the 2 s of the trace
+
+
 def test_no_profiling_where_it_would_leave_no_steady_step():
     meter = run_meter(config(warmup_steps=2, profile_steps=3), total=5, slow=set())
     s = meter.result()["summary"]

@@ -84,6 +84,7 @@ class Meter:
         self.nvtx = cfg.measure.nvtx and nvtx_recorded()
         self.curves: dict[str, list] = {"train_loss": [], "val_loss": [], "epoch_time_s": []}
         self.step = self.samples = self.steady_samples = 0
+        self._paused_s = 0.0  # time inside the current epoch that is not training (validation, the trace written out)
         self.train_time = self.steady_seconds = 0.0
         self.windows: list[tuple[float, float]] = []  # perf_counter (start, stop) of each steady stretch
         self._window: tuple[float, int] | None = None  # (start, samples) of the open stretch
@@ -137,7 +138,7 @@ class Meter:
             self._close_window()
             self.profiler.start(step)
         if step == self.total_steps:
-            self.profiler.stop(step)
+            self._stop_profiler()
         if step % self.cfg.train.log_every == 0 or step == self.total_steps:
             self._log_loss(step, epoch)
         self.bar.update(1)
@@ -171,7 +172,7 @@ class Meter:
         yield
         synchronize(self.device)  # the epoch's time is the device's
         self._close_window()
-        self.profiler.stop(self.step)  # a validation pass is not a training step
+        self._stop_profiler()  # a validation pass is not a training step
         self.curves["epoch_time_s"].append(time.perf_counter() - start - self._paused_s)
         self.train_time += self.curves["epoch_time_s"][-1]
 
@@ -230,6 +231,14 @@ class Meter:
         return {"summary": summary, "curves": curves}
 
     # ---- inside
+
+    def _stop_profiler(self) -> None:
+        """End the profiled steps. Reading and writing out the trace is not training: the epoch's time leaves it out."""
+        if self.profiler.running:
+            synchronize(self.device)  # the profiled steps themselves are the epoch's
+            start = time.perf_counter()
+            self.profiler.stop(self.step)
+            self._paused_s += time.perf_counter() - start
 
     def _open_window(self) -> None:
         if self._window is None:
