@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from labkit.data import resident
 from labkit.tasks import cifar_resnext
 from labkit.config import Config, ConfigError, load
 from labkit.data.synthetic.cifar import generate_cifar
@@ -116,7 +117,7 @@ def test_resident_set_fetches_whole_batches():
     calls = []
     original = data.__getitems__
     data.__getitems__ = lambda idx: calls.append(len(idx)) or original(idx)
-    loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=cifar_resnext.whole_batch, drop_last=True)
+    loader = DataLoader(data, batch_size=16, shuffle=True, collate_fn=resident.whole_batch, drop_last=True)
     x, y = next(iter(loader))
     assert calls == [16] and x.shape == (16, 3, 32, 32) and y.shape == (16,)
     first = int(torch.nonzero((cifar_resnext.normalize(images, mean, std) == x[0]).all(dim=(1, 2, 3)))[0])

@@ -18,6 +18,8 @@ BERT = "params/01_baseline_bert_squad/baseline.yaml"
     ("params/07_t5_model_parallel/gsm8k_bf16.yaml", {"model.split_devices": 2, "train.devices": 2, "train.strategy": "ddp"},
      "does not combine with train.devices"),
     (BERT, {"model.split_devices": 2}, "only t5_qa has a layer-split model"),
+    ("params/06_lora_optimizer_sweep/r10_adamw.yaml", {"data.on_gpu": True}, "gpt2_sft loads its batches on the CPU"),
+    (BERT, {"data.on_gpu": True, "data.padding": "dynamic"}, "set data.padding max_length, or data.on_gpu false"),
 ])
 def test_impossible_settings_stop_before_any_record_exists(tmp_path, monkeypatch, config_file, overrides, words):
     monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("no run may start"))

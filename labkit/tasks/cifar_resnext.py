@@ -15,7 +15,6 @@ GPU-resident path (``data.on_gpu``) calls it once per batch on the GPU.
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from labkit.config import Config
+from labkit.data import resident
 from labkit.data.synthetic.cifar import generate_cifar
 from labkit.models import resnext
 from labkit.tasks import Task
@@ -172,20 +172,13 @@ class ResidentCIFAR(CIFAR):
         super().__init__(images.to(device), labels.to(device), mean.to(device), std.to(device), train)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
-        if self.images.is_cuda:  # from pinned memory, asynchronously: a pageable copy would wait for the GPU to go idle
-            idx = idx.pin_memory().to(self.images.device, non_blocking=True)
+        idx = resident.indices_on(indices, self.images.device)
         x = self.images[idx]
         return normalize(augment(x) if self.train else x, self.mean, self.std), self.labels[idx]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([i])
         return x[0], y[0]
-
-
-def whole_batch(batch):
-    """Collate for ResidentCIFAR: ``__getitems__`` already returns the batch."""
-    return batch
 
 
 # ---------------------------------------------------------------- the task
@@ -196,7 +189,7 @@ def build_task(cfg: Config) -> Task:
     mean, std = channel_stats(train_x)
     model, info = resnext.build(cfg.model, num_classes=len(CLASSES))
     if d.on_gpu:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = resident.training_device()
         train_set = ResidentCIFAR(train_x, train_y, mean, std, d.augment, device)
         val_set = ResidentCIFAR(val_x, val_y, mean, std, False, device)
         where = "on the GPU, batched"
@@ -225,5 +218,5 @@ def build_task(cfg: Config) -> Task:
 
     info.update(data_source=source, train_examples=len(train_set), val_examples=len(val_set),
                 augmentation=f"random crop (pad {PAD}) + horizontal flip + normalise, {where}" if d.augment else "none")
-    return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=whole_batch if d.on_gpu else None,
+    return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=resident.whole_batch if d.on_gpu else None,
                 evaluate=evaluate, loss=loss, flops_per_sample=resnext.flops_per_sample(cfg.model.preset), info=info)
