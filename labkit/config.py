@@ -100,7 +100,7 @@ class DataConfig(_Section):
     pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = Field(None, gt=0)
-    on_gpu: bool = False  # hold the whole data set on the GPU: batches gathered (CIFAR: augmented) there
+    on_gpu: bool = False  # hold the whole data set on the GPU and augment there (cifar_resnext)
     augment: bool = True
     # bert_squad: windows = every question, contexts cut into max_length windows overlapping by doc_stride
     # (transformers' run_qa recipe, scored by the official SQuAD 2.0 metric); one_per_answer = answerable

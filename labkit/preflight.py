@@ -56,12 +56,9 @@ def setting_conflicts(cfg: Config) -> list[str]:
     if d.padding == "packed" and t.strategy == "dp":
         problems.append("data.padding 'packed' makes each batch one row, which DataParallel (train.strategy dp) cannot "
                         "split over its GPUs: use train.strategy ddp, or data.padding dynamic")
-    if d.on_gpu and cfg.task not in ("bert_squad", "cifar_resnext"):
-        problems.append(f"data.on_gpu holds bert_squad's and cifar_resnext's data sets in GPU memory; {cfg.task} "
-                        "loads its batches on the CPU: set data.on_gpu false")
-    if d.on_gpu and cfg.task == "bert_squad" and d.padding != "max_length":
-        problems.append(f"data.on_gpu gathers SQuAD batches padded to max_length on the GPU; data.padding "
-                        f"{d.padding!r} shapes each batch on the CPU: set data.padding max_length, or data.on_gpu false")
+    if d.on_gpu and cfg.task != "cifar_resnext":
+        problems.append(f"data.on_gpu holds cifar_resnext's images in GPU memory; {cfg.task} loads its batches on "
+                        "the CPU: set data.on_gpu false")
     if cfg.task == "t5_qa" and d.dataset not in ("gsm8k", "bioqa"):
         problems.append(f"task t5_qa needs data.dataset gsm8k or bioqa (it is {d.dataset!r}): set it in the params file")
     if cfg.task == "simcls" and cfg.simcls.generator.preset not in (t5 := importlib.import_module("labkit.models.t5").PRESETS):

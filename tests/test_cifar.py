@@ -183,3 +183,8 @@ def test_a_cut_batch_and_a_label_out_of_range_name_the_file(tmp_path):
         pickle.dump({"data": np.zeros((3, 3072), np.uint8), "labels": [0, 10, 2]}, f, protocol=2)
     with pytest.raises(ValueError, match=r"test_batch: label 10 of image 1 is outside 0\.\.9"):
         cifar_resnext.read_batches(root, "test")
+
+
+def test_resident_indices_stay_a_tensor_on_the_cpu():
+    idx = resident.indices_on([3, 1, 2], torch.device("cpu"))
+    assert idx.tolist() == [3, 1, 2] and not idx.is_pinned()

@@ -19,7 +19,7 @@ BERT = "params/01_baseline_bert_squad/baseline.yaml"
      "does not combine with train.devices"),
     (BERT, {"model.split_devices": 2}, "only t5_qa has a layer-split model"),
     ("params/06_lora_optimizer_sweep/r10_adamw.yaml", {"data.on_gpu": True}, "gpt2_sft loads its batches on the CPU"),
-    (BERT, {"data.on_gpu": True, "data.padding": "dynamic"}, "set data.padding max_length, or data.on_gpu false"),
+    (BERT, {"data.on_gpu": True}, "bert_squad loads its batches on the CPU"),
 ])
 def test_impossible_settings_stop_before_any_record_exists(tmp_path, monkeypatch, config_file, overrides, words):
     monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("no run may start"))

@@ -1,11 +1,7 @@
 """A data set held in GPU memory (``data.on_gpu``), as airbench holds CIFAR-10: a batch is an index into
-tensors already on the device, so no step copies its inputs from the host.
-
-A copy from pageable host memory makes the host wait until the GPU has finished all the work queued before
-it; one such copy a step throws away the lead the host gains while the GPU runs the backward pass, and the
-GPU then waits for the next forward's kernels to be launched. Here the only copy is a batch's indices, from
-pinned memory and asynchronous.
-"""
+tensors already on the device, so no step copies its inputs from the host. The only copy is a batch's
+indices, from pinned memory and asynchronous: a copy from pageable memory would make the host wait until
+the GPU has finished everything queued before it."""
 from __future__ import annotations
 
 import os

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from labkit.data import packing, resident
+from labkit.data import packing
 from labkit.data import squad
 from labkit.data.sources import hold_out
 from labkit.data.tokenizers import load_tokenizer
@@ -40,17 +40,6 @@ class Features(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
-
-
-class ResidentFeatures(Features):
-    """The features in device memory (data.on_gpu): a batch is gathered where it is used, by its indices."""
-
-    def __init__(self, features: Features, device: torch.device):
-        self.tensors = {k: v.to(device) for k, v in features.tensors.items()}
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        idx = resident.indices_on(indices, self.tensors["input_ids"].device)
-        return {k: v[idx] for k, v in self.tensors.items()}
 
 
 def load_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -172,9 +161,6 @@ def build_task(cfg: Config) -> Task:
 
     lengths = train_set.tensors["attention_mask"].sum(1)
     collate, sampler = batching(cfg, lengths, tokenizer.padding_side)
-    if d.on_gpu:  # batches padded to max_length (preflight), gathered on the GPU
-        train_set, val_set = (ResidentFeatures(f, resident.training_device()) for f in (train_set, val_set))
-        collate = resident.whole_batch
     if d.padding == "packed":
         model.set_attn_implementation(packing.register())
         info["attention"] = packing.kernel_name(uses_cuda(cfg), PRECISIONS[cfg.train.precision].half)
@@ -183,7 +169,6 @@ def build_task(cfg: Config) -> Task:
     info.update(data_source=source, squad_examples=d.squad_examples, train_examples=len(train_examples), val_examples=len(val_examples),
                 misplaced_answers=squad.misplaced_answers(train_examples) + squad.misplaced_answers(val_examples),
                 train_features=len(train_set), val_features=len(val_set), padding=d.padding,
-                batches="gathered on the GPU" if d.on_gpu else "collated on the CPU, copied to the device each step",
                 group_by_length=d.group_by_length, mean_real_tokens=float(lengths.double().mean()),
                 real_token_percentiles={p: float(np.percentile(lengths.numpy(), p)) for p in (10, 50, 90)})
     flops, counted = flops_per_feature(cfg, model, info, lengths, sampler)
