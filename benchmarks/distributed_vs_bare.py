@@ -20,12 +20,20 @@ is read off rows measured on the same machine start:
     python benchmarks/distributed_vs_bare.py single ddp ddp:measure.profile_steps=0 fsdp --out distributed.csv
 
 A configuration this machine cannot run (too few GPUs, DeepSpeed missing) is a row with its status.
+
+One run of a configuration moves by up to 10% on a shared machine, more than the differences these rows
+are read for. ``--repeats N`` runs every row and its bare loop N times, the order of the rows turned round
+each time (a, b, c, then c, b, a), so that neither a drift of the machine nor a position in the sequence
+passes for a difference. Each ratio is then taken within one repeat (labkit against the bare loop measured
+next to it), the CSV holds each configuration's median over the repeats (``runs``: how many), and
+``<out>.runs.csv`` every run with its ``repeat``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +48,9 @@ ROOT = HERE.parent
 NOTEBOOK = "05_ddp_fsdp"
 BARE_INPUT = "params/01_baseline_bert_squad/baseline_bf16.yaml"  # the same generated SQuAD features as notebook 05's
 COLUMNS = ["configuration", "devices", "samples_per_s", "bare_samples_per_s", "vs_bare", "scaling_efficiency",
-           "peak_allocated_gb", "bare_scaling_efficiency", "status"]
+           "peak_allocated_gb", "bare_scaling_efficiency", "status", "runs"]
+FIGURES = ["samples_per_s", "bare_samples_per_s", "vs_bare", "scaling_efficiency", "peak_allocated_gb",
+           "bare_scaling_efficiency"]
 
 
 @dataclass
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bare-warmup", type=int, default=20)
     p.add_argument("--bare-steps", type=int, default=100)
     p.add_argument("--timeout-s", type=float, default=600)
+    p.add_argument("--repeats", type=int, default=1, help="run every row and its bare loop this many times, alternating the order")
     p.add_argument("--log", type=Path, help="also write every result as JSON lines here")
     args = p.parse_args(argv)
 
@@ -131,48 +142,76 @@ def main(argv: list[str] | None = None) -> int:
     common = {"data.train_examples": args.train_examples, "train.max_steps": args.max_steps}
     rows = args.rows or ROWS
     log = args.log.open("a") if args.log else None
-    bare: dict[tuple[str, int], dict] = {}
+    bare: dict[tuple[str, int, int], dict] = {}  # (strategy, devices, repeat) -> the bare loop's result
     runs_dir = Path(tempfile.mkdtemp(prefix="labkit-distributed-"))
     measured: list[tuple[Row, dict]] = []
-    for row in rows:
-        start = time.monotonic()
-        record = run_labkit(row, common, runs_dir, args.timeout_s)
-        s = record["summary"]
-        devices = load(f"params/{NOTEBOOK}/{row.config}.yaml", "gpu", {**common, **row.overrides}).train.devices
-        print(f"{row.name}: {record['status']} {s.get('samples_per_s', float('nan')):.1f} samples/s "
-              f"({time.monotonic() - start:.0f} s){'' if record['status'] == 'ok' else ' ' + str(record['error'])}",
-              flush=True)
-        if row.bare and (row.bare, devices) not in bare and devices <= max(gpus, 1):
-            bare[(row.bare, devices)] = run_bare(row.bare, 1 if row.bare == "none" else devices, args)
-            print(f"  bare {row.bare} x{devices}: {bare[(row.bare, devices)]['samples_per_s']} samples/s", flush=True)
-        measured.append((row, {**record, "devices": devices}))
-        if log:
-            log.write(json.dumps({"row": row.name, "overrides": {**common, **row.overrides}, **record,
-                                  "bare": bare.get((row.bare, devices))}) + "\n")
-            log.flush()
-        write_csv(args.out, measured, bare)  # after every row: a run stopped part-way keeps what it measured
+    for repeat in range(args.repeats):
+        for row in rows if repeat % 2 == 0 else rows[::-1]:
+            start = time.monotonic()
+            record = run_labkit(row, common, runs_dir, args.timeout_s)
+            s = record["summary"]
+            devices = load(f"params/{NOTEBOOK}/{row.config}.yaml", "gpu", {**common, **row.overrides}).train.devices
+            print(f"{row.name}: {record['status']} {s.get('samples_per_s', float('nan')):.1f} samples/s "
+                  f"({time.monotonic() - start:.0f} s){'' if record['status'] == 'ok' else ' ' + str(record['error'])}",
+                  flush=True)
+            key = (row.bare, devices, repeat)
+            if row.bare and key not in bare and devices <= max(gpus, 1):
+                bare[key] = run_bare(row.bare, 1 if row.bare == "none" else devices, args)
+                print(f"  bare {row.bare} x{devices}: {bare[key]['samples_per_s']} samples/s", flush=True)
+            measured.append((row, {**record, "devices": devices, "repeat": repeat}))
+            if log:
+                log.write(json.dumps({"row": row.name, "repeat": repeat, "overrides": {**common, **row.overrides},
+                                      **record, "bare": bare.get(key)}) + "\n")
+                log.flush()
+            write_csv(args.out, measured, bare)  # after every row: a run stopped part-way keeps what it measured
     print(args.out.read_text())
     return 0
 
 
-def write_csv(path: Path, measured: list[tuple[Row, dict]], bare: dict[tuple[str, int], dict]) -> None:
-    one = next((r["summary"].get("samples_per_s") for row, r in measured if row.key == "single"), None)
-    bare_one = bare.get(("none", 1), {}).get("samples_per_s")
+def each_run(measured: list[tuple[Row, dict]], bare: dict[tuple[str, int, int], dict]) -> list[dict]:
+    """One row per labkit run, its ratios taken against the runs of the same repeat."""
+    out = []
+    for row, r in measured:
+        repeat, devices, rate = r.get("repeat", 0), r["devices"], r["summary"].get("samples_per_s")
+        one = next((o["summary"].get("samples_per_s") for w, o in measured if w.key == "single" and o.get("repeat", 0) == repeat), None)
+        bare_one = bare.get(("none", 1, repeat), {}).get("samples_per_s")
+        ref = bare.get((row.bare, devices, repeat), {}).get("samples_per_s") if row.bare else None
+        out.append({
+            "configuration": row.name, "devices": devices, "status": r["status"], "repeat": repeat,
+            "samples_per_s": rate, "bare_samples_per_s": ref,
+            "vs_bare": rate / ref if rate and ref else None,
+            "scaling_efficiency": rate / (devices * one) if rate and one else None,
+            "peak_allocated_gb": r["summary"].get("peak_allocated_gb"),
+            "bare_scaling_efficiency": ref / (devices * bare_one) if ref and bare_one else None,
+        })
+    return out
+
+
+def write_csv(path: Path, measured: list[tuple[Row, dict]], bare: dict[tuple[str, int, int], dict]) -> None:
+    """``path``: each configuration's median over its runs; with several repeats ``<path>.runs.csv``: every run."""
+    runs = each_run(measured, bare)
+    digits = {"samples_per_s": 1, "bare_samples_per_s": 1, "peak_allocated_gb": 2}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
-        for row, r in measured:
-            rate, devices = r["summary"].get("samples_per_s"), r["devices"]
-            ref = bare.get((row.bare, devices), {}).get("samples_per_s") if row.bare else None
-            writer.writerow({
-                "configuration": row.name, "devices": devices, "status": r["status"],
-                "samples_per_s": _round(rate, 1), "bare_samples_per_s": ref,
-                "vs_bare": _round(rate / ref, 3) if rate and ref else None,
-                "scaling_efficiency": _round(rate / (devices * one), 3) if rate and one else None,
-                "peak_allocated_gb": _round(r["summary"].get("peak_allocated_gb"), 2),
-                "bare_scaling_efficiency": _round(ref / (devices * bare_one), 3) if ref and bare_one else None,
-            })
+        for name in dict.fromkeys(r["configuration"] for r in runs):
+            mine = [r for r in runs if r["configuration"] == name]
+            ok = [r for r in mine if r["status"] == "ok"]
+            writer.writerow({"configuration": name, "devices": mine[0]["devices"], "runs": len(ok),
+                             "status": "ok" if ok else mine[-1]["status"],
+                             **{k: _median([r[k] for r in ok], digits.get(k, 3)) for k in FIGURES}})
+    if any(r["repeat"] for r in runs):
+        with path.with_suffix(".runs.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["repeat", *COLUMNS[:-1]])
+            writer.writeheader()
+            for r in runs:
+                writer.writerow({k: _round(v, digits.get(k, 3)) if isinstance(v, float) else v for k, v in r.items()})
+
+
+def _median(values: list, digits: int) -> float | None:
+    values = [v for v in values if v is not None]
+    return _round(statistics.median(values), digits) if values else None
 
 
 def _round(value: float | None, digits: int) -> float | None:

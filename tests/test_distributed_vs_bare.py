@@ -22,8 +22,9 @@ def test_csv_ratios_against_the_bare_loop_and_the_one_gpu_run(tmp_path):
                 (rows["ddp"], {"status": "ok", "devices": 2, "summary": {"samples_per_s": 1140.0, "peak_allocated_gb": 7.1}}),
                 (rows["dp"], {"status": "ok", "devices": 2, "summary": {"samples_per_s": 300.0}}),
                 (rows["deepspeed"], {"status": "skipped", "devices": 2, "summary": {}})]
-    bare = {("none", 1): {"samples_per_s": 800.0}, ("ddp", 2): {"samples_per_s": 1200.0}}
+    bare = {("none", 1, 0): {"samples_per_s": 800.0}, ("ddp", 2, 0): {"samples_per_s": 1200.0}}
     side.write_csv(tmp_path / "out.csv", measured, bare)
+    assert not (tmp_path / "out.runs.csv").exists()  # one repeat: the runs are the table
     with (tmp_path / "out.csv").open() as f:
         table = {r["configuration"]: r for r in csv.DictReader(f)}
     assert list(next(iter(table.values())))[:7] == ["configuration", "devices", "samples_per_s", "bare_samples_per_s",
@@ -33,3 +34,26 @@ def test_csv_ratios_against_the_bare_loop_and_the_one_gpu_run(tmp_path):
     assert float(ddp["bare_scaling_efficiency"]) == 0.75
     assert table["dp (DataParallel)"]["bare_samples_per_s"] == "" and float(table["dp (DataParallel)"]["scaling_efficiency"]) == 0.25
     assert table["deepspeed ZeRO-2"]["status"] == "skipped" and table["deepspeed ZeRO-2"]["samples_per_s"] == ""
+
+
+def test_repeats_take_each_ratio_within_its_repeat_and_report_medians(tmp_path):
+    """Three repeats: labkit's DDP against the bare DDP loop of the same repeat (0.9, 1.0, 0.95 -> median 0.95),
+    though labkit's fastest run and the bare loop's slowest are in different repeats."""
+    rows = {r.key: r for r in side.ROWS}
+    measured, bare = [], {}
+    for repeat, (one, ddp, bare_one, bare_ddp) in enumerate([(700.0, 1260.0, 800.0, 1400.0), (760.0, 1500.0, 820.0, 1500.0),
+                                                             (720.0, 1330.0, 790.0, 1400.0)]):
+        measured += [(rows["single"], {"status": "ok", "devices": 1, "repeat": repeat, "summary": {"samples_per_s": one}}),
+                     (rows["ddp"], {"status": "ok", "devices": 2, "repeat": repeat, "summary": {"samples_per_s": ddp}})]
+        bare.update({("none", 1, repeat): {"samples_per_s": bare_one}, ("ddp", 2, repeat): {"samples_per_s": bare_ddp}})
+    measured.append((rows["ddp"], {"status": "failed", "devices": 2, "repeat": 3, "summary": {}}))  # not counted
+    side.write_csv(tmp_path / "out.csv", measured, bare)
+    with (tmp_path / "out.csv").open() as f:
+        table = {r["configuration"]: r for r in csv.DictReader(f)}
+    ddp = table["ddp"]
+    assert float(ddp["vs_bare"]) == 0.95 and ddp["runs"] == "3" and ddp["status"] == "ok"
+    assert float(ddp["samples_per_s"]) == 1330.0 and float(ddp["scaling_efficiency"]) == round(1330 / 1440, 3)
+    with (tmp_path / "out.runs.csv").open() as f:
+        runs = list(csv.DictReader(f))
+    assert [(r["repeat"], r["configuration"]) for r in runs][:2] == [("0", "single (1 GPU, in-process)"), ("0", "ddp")]
+    assert [float(r["vs_bare"]) for r in runs if r["configuration"] == "ddp" and r["status"] == "ok"] == [0.9, 1.0, 0.95]
