@@ -84,6 +84,9 @@ def test_targets_say_met_missed_or_not_measured():
     assert "(goal: at least 30%, met)" in padded
     assert "1.60x 01/fast_path_padded's samples/s (goal: at least 1.5x, met)" in packed and "(goal: under 30 s, missed)" in packed
     assert "1.50x 07/gsm8k_bf16's samples/s (goal: at least 1.3x, met)" in t5
+    recompiled = {**FIGURES, "01/fast_path_packed": {**FIGURES["01/fast_path_packed"], "steady_compilations": 3}}
+    *_, note = bench.targets(made_up(recompiled))
+    assert note == "01/fast_path_packed: 3 compilation(s) inside its steady state, whose time its samples/s includes"
     gone = {k: v for k, v in FIGURES.items() if k != "trainer"}
     assert bench.targets(made_up(gone))[0].startswith("BERT fast path on the padded input vs the HF Trainer's steady state "
                                                       "on the same input: not measured (trainer: not run)")

@@ -102,6 +102,36 @@ def test_writing_out_the_trace_is_not_training_time(monkeypatch):
     assert meter.curves["epoch_time_s"][0] < 2.0  # eight steps of a few ms, without the 2 s of the trace
 
 
+def test_compilations_inside_the_steady_state_are_counted():
+    """A compiled model that meets a new batch shape in its steady state (step 5) recompiles there; the summary says so,
+    apart from the first compilation in warm-up."""
+    cfg = Config.model_validate({"task": "cifar_resnext", "model": {"compile": True}, "train": {"log_every": 1},
+                                 "measure": {"warmup_steps": 2, "profile_steps": 0}})
+    torch._dynamo.reset()
+    model = torch.compile(nn.Linear(4, 2), backend="eager", dynamic=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    meter = measure.Meter(cfg, make_fabric(cfg))
+    try:
+        with meter.training(model, optimizer, 6), meter.epoch():
+            for step in range(1, 7):
+                x = torch.randn(6 if step == 5 else 8, 4)
+                with meter.phase("forward"):
+                    loss = model(x).square().mean()
+                with meter.phase("backward"):
+                    loss.backward()
+                meter.count((x,), loss)
+                with meter.phase("optimizer"):
+                    optimizer.step()
+                optimizer.zero_grad()
+                meter.step_end(step, step / 6)
+        s = meter.result()["summary"]
+    finally:
+        torch._dynamo.reset()
+    assert (s["compilations"], s["compilations_in_steady_state"]) == (2, 1)
+    uncompiled = run_meter(config(profile_steps=0), total=4, slow=set()).result()["summary"]
+    assert "compilations" not in uncompiled
+
+
 def test_no_profiling_where_it_would_leave_no_steady_step():
     meter = run_meter(config(warmup_steps=2, profile_steps=3), total=5, slow=set())
     s = meter.result()["summary"]

@@ -53,6 +53,13 @@ def nvtx_range(name: str, enabled: bool = True):
     return _nvtx.annotate(name, domain="labkit")
 
 
+def compilations() -> int:
+    """Frames torch.compile has compiled in this process so far; each recompilation (a new shape, a failed guard) counts."""
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["ok"]
+
+
 def nvtx_recorded() -> bool:
     """Whether a tool that records NVTX ranges is attached to this process."""
     return bool(os.environ.get("NVTX_INJECTION64_PATH"))
@@ -85,6 +92,10 @@ class Meter:
         self.curves: dict[str, list] = {"train_loss": [], "val_loss": [], "epoch_time_s": []}
         self.step = self.samples = self.steady_samples = 0
         self._paused_s = 0.0  # time inside the current epoch that is not training (validation, the trace written out)
+        # With model.compile: compilations during training and inside the steady state, where each one's seconds
+        # land in the measured throughput (a shape first met late, a guard that fails).
+        self.compiling = cfg.model.compile
+        self._compiled = self.steady_compiled = 0
         self.train_time = self.steady_seconds = 0.0
         self.windows: list[tuple[float, float]] = []  # perf_counter (start, stop) of each steady stretch
         self._window: tuple[float, int] | None = None  # (start, samples) of the open stretch
@@ -153,6 +164,8 @@ class Meter:
         profiled = m.profile_steps if total_steps - m.profile_steps > m.warmup_steps else 0
         self.steady_from, self.steady_until = m.warmup_steps, total_steps - profiled
         reset_peak_memory(*self.devices)
+        if self.compiling:
+            self._compiled = compilations()
         self.bar = progress_bar(total=total_steps, desc=self.cfg.task, unit="step", disable=self.fabric.global_rank != 0)
         self._shown = (time.perf_counter(), 0)
         with GPUSampler(m.gpu_sample_interval, device_index=[d.index or 0 for d in self.devices]) as self.sampler:
@@ -214,6 +227,8 @@ class Meter:
             **self.profiler.summary(),
             **self.sampler.summary(self.windows),
         }
+        if self.compiling:
+            summary.update(compilations=compilations() - self._compiled, compilations_in_steady_state=self.steady_compiled)
         total_tokens = self.fabric.all_reduce(self._tokens.float(), reduce_op="sum").item()
         if total_tokens:
             summary["tokens_per_s"] = summary["samples_per_s"] * total_tokens / (self.samples * world)
@@ -249,6 +264,7 @@ class Meter:
             # state's peak would leave out the memory the graphs hold.
             if self.cfg.model.compile_mode not in ("reduce-overhead", "max-autotune"):
                 reset_peak_memory(*self.devices)
+            self._window_compiled = compilations() if self.compiling else 0
             self._window = (time.perf_counter(), self.samples)
 
     def _close_window(self) -> None:
@@ -259,6 +275,8 @@ class Meter:
             self.steady_seconds += now - start
             self.steady_samples += self.samples - samples
             self._peaks = max_memory(self._peaks, memory_gb(*self.devices))
+            if self.compiling:
+                self.steady_compiled += compilations() - self._window_compiled
             self._window = None
 
     def _peak_memory(self) -> dict[str, float]:
