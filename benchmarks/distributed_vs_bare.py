@@ -27,6 +27,10 @@ each time (a, b, c, then c, b, a), so that neither a drift of the machine nor a 
 passes for a difference. Each ratio is then taken within one repeat (labkit against the bare loop measured
 next to it), the CSV holds each configuration's median over the repeats (``runs``: how many), and
 ``<out>.runs.csv`` every run with its ``repeat``.
+
+The first run on a freshly started machine can be slower than the rest (on one H200, 42 ms of GPU time for a
+step's forward and backward against 34-35 ms in the three runs after it, docs/benchmarks.md): before the rows,
+the bare one-GPU loop runs once unrecorded to warm the GPU (``--no-warm-up`` skips it).
 """
 from __future__ import annotations
 
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bare-steps", type=int, default=100)
     p.add_argument("--timeout-s", type=float, default=600)
     p.add_argument("--repeats", type=int, default=1, help="run every row and its bare loop this many times, alternating the order")
+    p.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="do not run the bare loop once, unrecorded, first")
     p.add_argument("--log", type=Path, help="also write every result as JSON lines here")
     args = p.parse_args(argv)
 
@@ -145,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     bare: dict[tuple[str, int, int], dict] = {}  # (strategy, devices, repeat) -> the bare loop's result
     runs_dir = Path(tempfile.mkdtemp(prefix="labkit-distributed-"))
     measured: list[tuple[Row, dict]] = []
+    if args.warm_up and gpus:
+        print(f"warm-up, not recorded: bare none x1: {run_bare('none', 1, args)['samples_per_s']} samples/s", flush=True)
     for repeat in range(args.repeats):
         for row in rows if repeat % 2 == 0 else rows[::-1]:
             start = time.monotonic()

@@ -8,7 +8,9 @@ run is ``benchmarks/time_configs.py`` in a process of its own from the code's fo
 that code. Runs alternate on one machine start, the order turned round every pair (after, before, before,
 after, ...), so that neither a drift of the machine nor going first passes for a difference between the two:
 absolute figures move between machine starts, pairs measured side by side do not. Columns: code, pair, then
-time_configs.py's. With ``--runs-dir`` each run's record (and its profiled steps' trace) is kept there.
+time_configs.py's. With ``--runs-dir`` each run's record (and its profiled steps' trace) is kept there. The
+first run on a freshly started machine can be slower than the rest, so one run of this checkout's code goes first,
+unrecorded (``--no-warm-up`` skips it).
 """
 from __future__ import annotations
 
@@ -55,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--runs-dir", type=Path, help="keep each run's record here, in <code>_<pair>/")
+    p.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="do not run this checkout's code once, unrecorded, first")
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="labkit-before-after-"))
     codes = {"after": ROOT, "before": args.before_dir.resolve() if args.before_dir else unpack(args.before, work / "before")}
     rows = []
+    if args.warm_up:
+        row = timed(ROOT, args.params, args.profile, args.set, work / "warm_up.csv", None)
+        print(f"warm-up, not recorded: {row.get('samples_per_s')} samples/s", flush=True)
     for pair in range(1, args.pairs + 1):
         order = list(codes.items()) if pair % 2 else list(codes.items())[::-1]
         for name, code in order:
