@@ -95,6 +95,10 @@ class DataConfig(_Section):
     # 8 fills whole tensor-core tiles; a larger multiple leaves a compiled model a few shapes to replay as CUDA graphs.
     pad_multiple: int = Field(8, gt=0)
     group_by_length: bool = False  # batches of features of similar length (less padding under 'dynamic')
+    # packed: every training row exactly this many tokens, one shape that a compiled model compiles and records as a
+    # CUDA graph once; each batch's features are chosen so their real tokens fit ('auto': a batch's mean real tokens
+    # plus a tenth, rounded up to pad_multiple). None: each row padded to the next multiple of pad_multiple.
+    pack_tokens: int | Literal["auto"] | None = None
     context_length: Literal["short", "squad"] = "short"  # embedded SQuAD: 'squad' gives SQuAD's feature lengths
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
@@ -127,6 +131,15 @@ class DataConfig(_Section):
         if self.source == "embedded" and (self.path or self.val_path):
             raise ValueError("data.path/val_path is set but data.source is 'embedded' (data the kit generates), which "
                              "would ignore the file: set data.source: local to read it, or remove data.path")
+        if self.pack_tokens is not None and self.padding != "packed":
+            raise ValueError(f"data.pack_tokens sets the length of packed rows, but data.padding is '{self.padding}': "
+                             "set data.padding: packed, or remove data.pack_tokens")
+        if self.pack_tokens is not None and self.group_by_length:
+            raise ValueError("data.pack_tokens chooses each batch's features to fit its rows, and data.group_by_length "
+                             "chooses them by length: set one of them")
+        if isinstance(self.pack_tokens, int) and self.pack_tokens <= self.max_length:
+            raise ValueError(f"data.pack_tokens {self.pack_tokens} leaves no room for a feature of max_length "
+                             f"{self.max_length} and the row's padding: set it above max_length, or 'auto'")
         if self.persistent_workers and self.num_workers == 0:
             raise ValueError("data.persistent_workers needs data.num_workers > 0")
         if self.on_gpu and (self.num_workers or self.pin_memory):

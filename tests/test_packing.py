@@ -219,3 +219,76 @@ def test_squad_length_contexts_keep_questions_and_answers():
     assert generate_squad(5, seed=2) == generate_squad(5, seed=2, context_length="short")
     with pytest.raises(ValueError, match="context_length"):
         generate_squad(1, context_length="long")
+
+
+def _fitted_batches(order: list[int], lengths: torch.Tensor, batch: int, ranks: int) -> list[torch.Tensor]:
+    """Each rank's batches, as Lightning's DistributedSamplerWrapper deals the order out (rank r: every r-th index)."""
+    steps = len(lengths) // (batch * ranks)
+    whole = torch.tensor(order[: steps * batch * ranks])
+    return [whole[r::ranks].view(steps, batch) for r in range(ranks)]
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_token_budget_batches_fit_their_row_and_use_every_feature(ranks):
+    g = torch.Generator().manual_seed(0)
+    lengths = (torch.randn(1000, generator=g) * 90 + 171).clamp(10, 384).long()
+    budget = packing.row_budget(lengths.tolist(), 16, 128)
+    assert budget % 128 == 0 and budget > 16 * float(lengths.double().mean()) * 1.1
+    sampler = packing.TokenBudgetSampler(lengths.tolist(), 16, budget, ranks=ranks, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))  # every feature once an epoch
+    for mine in _fitted_batches(order, lengths, 16, ranks):
+        assert int(lengths[mine].sum(1).max()) < budget  # room for the padding segment in every batch
+    random_batches = torch.randperm(1000, generator=g)[: 1000 // 16 * 16].view(-1, 16)
+    assert int(lengths[random_batches].sum(1).max()) >= budget  # what the sampler had to rearrange
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new epoch, new batches
+
+
+def test_a_token_budget_too_small_is_refused_with_the_setting_to_change():
+    lengths = [200] * 64
+    with pytest.raises(ValueError, match="raise data.pack_tokens"):
+        packing.TokenBudgetSampler(lengths, 16, 3000)  # 3,200 real tokens in every batch
+    with pytest.raises(ValueError, match="does not fit a packed row of 150"):
+        packing.TokenBudgetSampler(lengths, 1, 150)
+
+
+def test_rows_of_a_fixed_length_train_as_the_padded_batch():
+    model = tiny_bert()
+    model.set_attn_implementation(packing.register())
+    pack = packing.Packing(multiple=16, max_length=WIDTH, row_tokens=160)
+    for lengths in ([7, 31, 48, 12, 3, 15], [5, 9, 2, 7, 23, 1]):
+        batch = features(lengths)
+        row = pack(batch)
+        assert row["input_ids"].shape == (1, 160) and row["cu_seq_lens_q"].tolist()[-2:] == [sum(lengths), 160]
+        assert batch_size_of(row) == 6 and int(real_tokens_of(row)) == sum(lengths)
+        loss, grads = loss_and_grads(model, row)
+        padded_loss, padded_grads = loss_and_grads(model, default_collate(batch))
+        assert torch.allclose(loss, padded_loss, atol=1e-5)
+        for name, grad in padded_grads.items():
+            assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-4), name
+    over = pack(features([48] * 4))  # 192 real tokens: more than the row holds, so padded to a multiple instead
+    assert over["input_ids"].shape == (1, 208)
+
+
+def test_packed_rows_of_one_length_train_through_the_kit(tmp_path):
+    record = labkit.run("params/01_baseline_bert_squad/baseline.yaml", "smoke",
+                        {"data.padding": "packed", "data.pack_tokens": "auto", "data.pad_multiple": 64,
+                         "train.max_steps": 4, "train.log_every": 2, "data.train_examples": 160, "data.val_examples": 16}, tmp_path)
+    s, info = record["summary"], record["info"]
+    assert record["status"] == "ok" and s["steps"] == 4, record.get("error")
+    row = info["packed_row_tokens"]
+    assert row % 64 == 0 and row > record["params"]["train"]["batch_size"] * info["mean_real_tokens"]
+    assert s["tokens_per_s"] / s["samples_per_s"] < row / record["params"]["train"]["batch_size"]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"data.pack_tokens": "auto"}, "set data.padding: packed, or remove data.pack_tokens"),
+    ({"data.padding": "packed", "data.pack_tokens": "auto", "data.group_by_length": True}, "set one of them"),
+    ({"data.padding": "packed", "data.pack_tokens": 100}, "set it above max_length"),
+])
+def test_pack_tokens_settings_that_cannot_work_are_refused(overrides, words):
+    from labkit import config
+
+    with pytest.raises(config.ConfigError, match=words):
+        config.load("params/01_baseline_bert_squad/baseline.yaml", "smoke", overrides)

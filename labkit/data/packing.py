@@ -3,12 +3,15 @@
 * ``DynamicPadding`` (a collate_fn) cuts each batch of right-padded features to its longest feature.
 * ``LengthGroupedSampler`` orders an epoch so that a batch holds features of similar length, which
   leaves dynamic padding little to pad.
+* ``TokenBudgetSampler`` orders an epoch so that every batch's real tokens fit a packed row of a fixed
+  length (``data.pack_tokens``): one shape, so a compiled model compiles and records one CUDA graph.
 * ``Packing`` (a collate_fn) concatenates a batch's features into one row of real tokens, then one
   segment of padding that lengthens the row to a multiple of ``multiple``. Position ids restart at 0 for
   each feature, label positions are moved to where the feature now starts, and ``cu_seq_lens_q/k`` and
   ``max_length_q/k`` (the keyword arguments transformers' flash-attention integration and
   ``DataCollatorWithFlattening`` use) say where each segment begins. The padding is what lets a compiled
-  model replay CUDA graphs: the row takes one of a few lengths, ``cu_seq_lens`` always has batch + 2
+  model replay CUDA graphs: the row takes one length (``row_tokens``, batches from ``TokenBudgetSampler``)
+  or one of a few, ``cu_seq_lens`` always has batch + 2
   entries and ``max_length_q/k`` are a fixed bound, so each row length is one static shape.
   Attention keeps the padding to itself, no loss reads it, and no count includes it.
 * ``ATTENTION`` is an attention implementation registered with transformers' ``AttentionInterface`` that
@@ -72,6 +75,10 @@ class Packing:
     bound on every segment (the longer of ``max_length`` and ``multiple``; the varlen kernel accepts a
     bound) rather than the batch's longest segment, so that they do not change from batch to batch.
 
+    With ``row_tokens`` every row is that long (the padding segment fills it), unless a batch's features do not
+    fit, which ``TokenBudgetSampler`` rules out for training batches; such a batch (a validation batch) is padded
+    to a multiple of ``multiple`` instead.
+
     The padding segment is never empty, so the row always has len(features) + 1 segments: the last
     is padding (``batch_size_of`` and ``real_tokens_of`` in labkit.tasks skip it). A segment of its own
     rather than tokens past the last feature: the flash kernel leaves tokens outside every segment
@@ -79,8 +86,9 @@ class Packing:
     """
 
     def __init__(self, position_keys: Sequence[str] = ("start_positions", "end_positions"), multiple: int = 8,
-                 max_length: int = 512):
+                 max_length: int = 512, row_tokens: int | None = None):
         self.position_keys, self.multiple, self.max_length = tuple(position_keys), multiple, max_length
+        self.row_tokens = row_tokens
         self.bound = max(max_length, multiple)  # no feature is longer than max_length, the padding than multiple
 
     def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | int]:
@@ -88,7 +96,10 @@ class Packing:
         if max(lengths) > self.max_length:
             raise ValueError(f"a feature of {max(lengths)} tokens is longer than max_length={self.max_length}")
         total = sum(lengths)
-        padding = -(-(total + 1) // self.multiple) * self.multiple - total  # at least one token
+        if self.row_tokens is not None and total < self.row_tokens:
+            padding = self.row_tokens - total
+        else:
+            padding = -(-(total + 1) // self.multiple) * self.multiple - total  # at least one token
         starts = torch.tensor([0, *itertools.accumulate(lengths), total + padding], dtype=torch.int32)
         row: dict[str, torch.Tensor | int] = {}
         for key, value in features[0].items():
@@ -157,6 +168,67 @@ class LengthGroupedSampler(Sampler[int]):
             longest = max(range(len(full)), key=lambda i: int(self.lengths[full[i][0]]))
             full[0], full[longest] = full[longest], full[0]
         return iter(torch.cat(full + short).tolist() if groups else [])
+
+
+def row_budget(lengths: Sequence[int], batch_size: int, multiple: int) -> int:
+    """data.pack_tokens 'auto': a batch's mean real tokens plus a tenth (room to balance batches without many swaps)
+    and the padding segment's token, rounded up to a multiple of ``multiple``."""
+    need = float(torch.as_tensor(lengths, dtype=torch.float64).mean()) * batch_size * 1.1 + 1
+    return int(-(-need // multiple) * multiple)
+
+
+class TokenBudgetSampler(Sampler[int]):
+    """Every index once per epoch, ordered so that each rank's batch of ``batch_size`` features has fewer than
+    ``row_tokens`` real tokens: it fits a packed row of ``row_tokens`` with its padding segment.
+
+    A random permutation is cut into batches (``ranks`` of them for each optimizer step); while a batch holds too
+    many tokens, its longest feature changes places with the shortest feature of the batch with the fewest tokens.
+    Batches stay random in content, and every epoch (``set_epoch``) draws new ones. A remainder that fills no whole
+    step goes last, where the training loader's drop_last leaves it out. Under several ranks Lightning's
+    ``DistributedSamplerWrapper`` gives rank r every r-th index, so the indices of one step are interleaved: rank r's
+    batch is one of them, whole.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, row_tokens: int, ranks: int = 1, seed: int = 0):
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.batch_size, self.row_tokens, self.ranks, self.seed, self.epoch = batch_size, row_tokens, ranks, seed, 0
+        if int(self.lengths.max()) >= row_tokens:
+            raise ValueError(f"a feature of {int(self.lengths.max())} tokens does not fit a packed row of {row_tokens}: "
+                             "raise data.pack_tokens")
+        self._batches(0)  # a budget too small fails here, before training
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def _batches(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(steps x ranks x batch_size indices whose batches fit, the remainder)."""
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(len(self.lengths), generator=g)
+        per_step = self.batch_size * self.ranks
+        steps = len(order) // per_step
+        batches, rest = order[: steps * per_step].view(steps * self.ranks, self.batch_size).clone(), order[steps * per_step:]
+        sizes = self.lengths[batches]  # tokens of each feature, batch by batch
+        for _ in range(4 * len(batches) + 1):  # each exchange lowers the fullest batch; a budget it cannot meet stops it
+            sums = sizes.sum(1)
+            if not len(batches) or int(sums.max()) < self.row_tokens:
+                return batches.view(steps, self.ranks, self.batch_size), rest
+            full, light = int(sums.argmax()), int(sums.argmin())
+            a, b = int(sizes[full].argmax()), int(sizes[light].argmin())
+            if sizes[full, a] <= sizes[light, b]:
+                break
+            batches[full, a], batches[light, b] = int(batches[light, b]), int(batches[full, a])
+            sizes[full, a], sizes[light, b] = int(sizes[light, b]), int(sizes[full, a])
+        mean = float(self.lengths.double().mean()) * self.batch_size
+        raise ValueError(f"batches of {self.batch_size} features average {mean:.0f} real tokens, and they cannot all be "
+                         f"made to fit packed rows of {self.row_tokens}: raise data.pack_tokens (or set it to 'auto')")
+
+    def __iter__(self):
+        batches, rest = self._batches(self.epoch)
+        # step by step, position by position, rank by rank: rank r's share of the order is its batch of each step
+        return iter(torch.cat([batches.transpose(1, 2).flatten(), rest]).tolist())
 
 
 # ---------------------------------------------------------------- attention

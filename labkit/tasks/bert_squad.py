@@ -89,11 +89,15 @@ def batching(cfg: Config, lengths: torch.Tensor, padding_side: str):
     if d.padding != "max_length" and padding_side != "right":
         raise ValueError(f"data.padding '{d.padding}' cuts padding off the right of each feature, but this tokenizer "
                          "pads on the left: use data.padding max_length")
+    ranks = t.devices * t.num_nodes
+    if d.pack_tokens is not None:  # one row length: each training batch's features chosen to fit it
+        row = packing.row_budget(lengths, t.batch_size, d.pad_multiple) if d.pack_tokens == "auto" else d.pack_tokens
+        return (packing.Packing(LABELS, d.pad_multiple, d.max_length, row_tokens=row),
+                packing.TokenBudgetSampler(lengths.tolist(), t.batch_size, row, ranks, seed=t.seed))
     collate = {"max_length": None, "dynamic": packing.DynamicPadding(d.pad_multiple),
                "packed": packing.Packing(LABELS, d.pad_multiple, d.max_length)}[d.padding]
     # One group is one optimizer micro-step's batches over every device, so each rank's batch is alike in length.
-    group = t.batch_size * t.devices * t.num_nodes
-    sampler = packing.LengthGroupedSampler(lengths.tolist(), group, seed=t.seed) if d.group_by_length else None
+    sampler = packing.LengthGroupedSampler(lengths.tolist(), t.batch_size * ranks, seed=t.seed) if d.group_by_length else None
     return collate, sampler
 
 
@@ -170,6 +174,7 @@ def build_task(cfg: Config) -> Task:
                 misplaced_answers=squad.misplaced_answers(train_examples) + squad.misplaced_answers(val_examples),
                 train_features=len(train_set), val_features=len(val_set), padding=d.padding,
                 group_by_length=d.group_by_length, mean_real_tokens=float(lengths.double().mean()),
+                packed_row_tokens=getattr(collate, "row_tokens", None),
                 real_token_percentiles={p: float(np.percentile(lengths.numpy(), p)) for p in (10, 50, 90)})
     flops, counted = flops_per_feature(cfg, model, info, lengths, sampler)
     info.update(counted)
