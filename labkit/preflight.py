@@ -26,8 +26,7 @@ from labkit.precision import PRECISIONS
 
 # Tasks whose batches cannot be packed into one row: a packed row would mix a causal LM's pairs, and an
 # encoder-decoder pairs each source with its own target.
-UNPACKABLE = {"gpt2_sft": "a packed row would mix prompt/response pairs",
-              "t5_qa": "an encoder-decoder pairs each source with its own target",
+UNPACKABLE = {"t5_qa": "an encoder-decoder pairs each source with its own target",
               "simcls": "the scorer embeds each document, reference and candidate as a sequence of its own"}
 
 
@@ -53,6 +52,9 @@ def setting_conflicts(cfg: Config) -> list[str]:
     if d.padding == "packed" and cfg.task in UNPACKABLE:
         problems.append(f"data.padding 'packed' is not supported by {cfg.task} ({UNPACKABLE[cfg.task]}): "
                         "use data.padding max_length or dynamic")
+    if d.padding == "packed" and cfg.task == "gpt2_sft" and d.sft_format != "pairs":
+        problems.append("data.padding 'packed' packs prompt/response pairs; dialogue windows (data.sft_format "
+                        "dialogue_windows) are max_length tokens each and leave nothing to pack: use data.padding max_length")
     if d.padding == "packed" and t.strategy == "dp":
         problems.append("data.padding 'packed' makes each batch one row, which DataParallel (train.strategy dp) cannot "
                         "split over its GPUs: use train.strategy ddp, or data.padding dynamic")

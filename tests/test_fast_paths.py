@@ -74,25 +74,28 @@ def test_each_fast_path_trains_what_its_baseline_trains():
         assert (f.data.source, f.data.train_examples, f.data.max_length, f.data.target_length) == \
                (b.data.source, b.data.train_examples, b.data.max_length, b.data.target_length)
         assert (f.model.compile, f.model.compile_mode, f.model.compile_dynamic) == (True, "reduce-overhead", False)
-        assert f.data.padding == "dynamic" and f.data.pad_multiple > 1 and f.train.fused
+        assert f.data.padding == ("packed" if f.task == "gpt2_sft" else "dynamic") and f.data.pad_multiple > 1 and f.train.fused
 
 
-@pytest.mark.parametrize("fast", [GPT2_FAST, T5_FAST])
-def test_the_bench_data_meets_two_shapes(fast):
-    """Over an epoch of the bench's data, in a shuffled order, the fast path's batches take two padded shapes (two
+def test_the_gpt2_fast_path_trains_rows_of_one_shape():
+    """Over an epoch of the bench's data, in the order its sampler draws, every training row of the GPT-2 fast path
+    has one shape: one compilation, one CUDA graph."""
+    task = gpt2_sft.build_task(config.load(GPT2_FAST, "bench", {"model.compile": False}))
+    b, order = 8, list(task.train_sampler)
+    assert config.load(GPT2_FAST, "bench").train.batch_size == b
+    shapes = {tuple(task.collate_fn([task.train_set[i] for i in order[s: s + b]])["input_ids"].shape)
+              for s in range(0, len(order) - b + 1, b)}
+    assert shapes == {(1, task.info["packed_row_tokens"])} and task.info["packed_row_tokens"] % 32 == 0
+
+
+def test_the_t5_bench_data_meets_two_shapes():
+    """Over an epoch of the bench's data, in a shuffled order, the T5 fast path's batches take two padded shapes (two
     compilations), both multiples of data.pad_multiple."""
-    cfg = config.load(fast, "bench")
+    cfg = config.load(T5_FAST, "bench")
     d = cfg.data
-    if cfg.task == "gpt2_sft":
-        pairs = gpt2_sft.load_splits(cfg)[0]
-        texts = [gpt2_sft.TEMPLATE.format(prompt=p["prompt"]) + p["response"] for p in pairs]
-        tokenizer = load_tokenizer(cfg.model, texts, "bpe", 50257, None)
-        collate = gpt2_sft.Collate(tokenizer.pad_token_id, None, d.pad_multiple, d.max_length)
-        items = gpt2_sft.encode(pairs, tokenizer, d.max_length)[0]
-    else:
-        items = t5_qa.text_pairs("gsm8k", t5_qa.load_gsm8k(cfg)[0])
-        tokenizer = load_tokenizer(cfg.model, [text for pair in items for text in pair if text], "unigram", t5.T5_VOCAB, None)
-        collate = t5_qa.TextToText(tokenizer, d.max_length, d.target_length, d.padding, d.pad_multiple)
+    items = t5_qa.text_pairs("gsm8k", t5_qa.load_gsm8k(cfg)[0])
+    tokenizer = load_tokenizer(cfg.model, [text for pair in items for text in pair if text], "unigram", t5.T5_VOCAB, None)
+    collate = t5_qa.TextToText(tokenizer, d.max_length, d.target_length, d.padding, d.pad_multiple)
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
     b = cfg.train.batch_size
     shapes = {tuple(tuple(v.shape) for _, v in sorted(collate([items[i] for i in order[s: s + b]]).items()))
@@ -102,9 +105,9 @@ def test_the_bench_data_meets_two_shapes(fast):
 
 
 def test_the_compiled_fast_path_compiles_once_per_shape_and_computes_the_eager_loss(monkeypatch):
-    """prepare_model compiles the GPT-2 fast path for static shapes; three training steps over two padded shapes
-    compile twice (the third step reuses the first shape's graph) and give the eager model's losses. On a CPU the
-    graphs run through AOT autograd without code generation (no CUDA graphs here: they are a GPU's)."""
+    """prepare_model compiles the GPT-2 fast path for static shapes; three training steps over its packed rows of
+    one length compile once and give the eager model's losses. On a CPU the graphs run through AOT autograd without
+    code generation (no CUDA graphs here: they are a GPU's)."""
     cfg = config.load(GPT2_FAST, "smoke", {"data.train_examples": 64, "data.pad_multiple": 8})
     task = gpt2_sft.build_task(cfg)
     compiled_shapes, asked = [], {}
@@ -123,14 +126,14 @@ def test_the_compiled_fast_path_compiles_once_per_shape_and_computes_the_eager_l
     eager = task.model
     model = prepare_model(cfg, eager)
     assert asked == {"mode": "reduce-overhead", "dynamic": False}
-    by_length = sorted(task.train_set, key=lambda f: len(f["input_ids"]))
-    short, long = task.collate_fn(by_length[:4]), task.collate_fn(by_length[-4:])
-    assert short["input_ids"].shape[1] != long["input_ids"].shape[1]
+    order, size = list(task.train_sampler), cfg.train.batch_size
+    batches = [task.collate_fn([task.train_set[i] for i in order[s: s + size]]) for s in (0, size, 2 * size)]
+    assert len({b["input_ids"].shape for b in batches}) == 1 and len({int(b["cu_seq_lens_q"][-2]) for b in batches}) > 1
     eager.eval()  # dropout off, so compiled and eager compute the same function
     optimizer = torch.optim.AdamW([p for p in eager.parameters() if p.requires_grad], lr=1e-3)
     compilations = []
     try:
-        for batch in (short, long, short):
+        for batch in batches:
             with torch.no_grad():
                 expected = eager(**batch).loss.item()
             loss = model(**batch).loss
@@ -141,7 +144,7 @@ def test_the_compiled_fast_path_compiles_once_per_shape_and_computes_the_eager_l
             compilations.append(len(compiled_shapes))
     finally:
         torch._dynamo.reset()
-    assert 0 < compilations[0] < compilations[1] == compilations[2]
+    assert 0 < compilations[0] == compilations[1] == compilations[2]
 
 
 def test_gpt2_evaluates_a_compiled_model_inside_fabric():

@@ -13,7 +13,9 @@ BERT = "params/01_baseline_bert_squad/baseline.yaml"
 
 @pytest.mark.parametrize("config_file, overrides, words", [
     (BERT, {"data.padding": "packed", "train.strategy": "dp", "train.devices": 2}, "DataParallel"),
-    ("params/06_lora_optimizer_sweep/r10_adamw.yaml", {"data.padding": "packed"}, "not supported by gpt2_sft"),
+    ("params/07_t5_model_parallel/gsm8k_bf16.yaml", {"data.padding": "packed"}, "not supported by t5_qa"),
+    ("params/06_lora_optimizer_sweep/r10_adamw.yaml", {"data.padding": "packed", "data.sft_format": "dialogue_windows"},
+     "leave nothing to pack"),
     ("params/07_t5_model_parallel/gsm8k_bf16.yaml", {"data.dataset": None}, "data.dataset gsm8k or bioqa"),
     ("params/07_t5_model_parallel/gsm8k_bf16.yaml", {"model.split_devices": 2, "train.devices": 2, "train.strategy": "ddp"},
      "does not combine with train.devices"),

@@ -6,6 +6,8 @@ import re
 import pytest
 import torch
 
+import labkit
+
 from labkit.tasks import gpt2_sft
 from labkit.config import Config, ConfigError
 from labkit.data.synthetic import sft
@@ -152,8 +154,32 @@ def test_task_evaluates_test_loss_perplexity_and_generations():
     generations = task.info["generations"]
     assert len(generations) == gpt2_sft.GENERATIONS and generations[0]["prompt"].startswith("Reverse the list")
     assert {"prompt", "reference", "generated"} == set(generations[0])
-    with pytest.raises(ConfigError, match="packed' is not supported by gpt2_sft"):
-        check_settings(config(padding="packed"))
+    with pytest.raises(ConfigError, match="leave nothing to pack"):
+        check_settings(config(padding="packed", sft_format="dialogue_windows"))
+
+
+def test_packed_pairs_train_as_the_padded_batch(tmp_path):
+    """Each pair a causal segment of one row: the loss is the padded batch's; with data.pack_tokens every row has
+    one length; the kit trains it end to end and scores the test set on padded batches."""
+    task = gpt2_sft.build_task(config(padding="packed"))
+    pairs = task.train_set[:6]
+    padded = gpt2_sft.Collate(0, None, 8, 256)(pairs)  # right padding, masked and unlabelled: its id does not matter
+    row = task.collate_fn(pairs)
+    assert row["input_ids"].shape[0] == 1 and len(row["cu_seq_lens_q"]) == 6 + 2
+    starts = row["cu_seq_lens_q"][:-1].long()
+    assert (row["labels"][0, starts] == gpt2_sft.IGNORE).all()  # no pair learns the next pair's first token
+    task.model.eval()
+    with torch.no_grad():
+        assert task.model(**row).loss.item() == pytest.approx(task.model(**padded).loss.item(), rel=1e-5)
+    assert "SDPA with a block-diagonal mask" in task.info["attention"]
+    fixed = gpt2_sft.build_task(config(padding="packed", pack_tokens="auto"))
+    assert {fixed.collate_fn(fixed.train_set[i:i + 8])["input_ids"].shape[1] for i in range(0, 40, 8)
+            if sum(len(f["input_ids"]) for f in fixed.train_set[i:i + 8]) < fixed.info["packed_row_tokens"]} == \
+        {fixed.info["packed_row_tokens"]}
+    record = labkit.run("params/06_lora_optimizer_sweep/r10_adamw.yaml", "smoke",
+                        {"data.padding": "packed", "data.pack_tokens": "auto", "train.max_steps": 3}, tmp_path)
+    assert record["status"] == "ok", record.get("error")
+    assert record["summary"]["samples_per_s"] > 0 and "test_loss" in record["summary"]
 
 
 def test_one_hold_out_rule_keeps_groups_whole():

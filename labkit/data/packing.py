@@ -24,19 +24,29 @@
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler, default_collate
 
+if TYPE_CHECKING:
+    from labkit.config import Config
+
 try:
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # torch < 2.10
     varlen_attn = None
+# How the varlen kernel is asked for causal attention: is_causal (torch 2.10, 2.11), a window of every earlier
+# token and none later (later versions).
+_CAUSAL = ({"is_causal": True} if varlen_attn is not None and "is_causal" in inspect.signature(varlen_attn).parameters
+           else {"window_size": (-1, 0)})
 
 ATTENTION = "labkit_packed"
+IGNORE = -100  # the label cross-entropy skips (PyTorch's and transformers' ignore_index)
 
 
 # ---------------------------------------------------------------- batches
@@ -75,6 +85,10 @@ class Packing:
     bound on every segment (the longer of ``max_length`` and ``multiple``; the varlen kernel accepts a
     bound) rather than the batch's longest segment, so that they do not change from batch to batch.
 
+    ``causal_labels`` names a causal language model's per-token labels (GPT-2's ``labels``, which the model shifts
+    by one): the padding and each feature's first token are labelled ``IGNORE``, so that no token learns to predict
+    the first token of the next feature, as no token of a padded batch predicts the first token of its row.
+
     With ``row_tokens`` every row is that long (the padding segment fills it), unless a batch's features do not
     fit, which ``TokenBudgetSampler`` rules out for training batches; such a batch (a validation batch) is padded
     to a multiple of ``multiple`` instead.
@@ -86,9 +100,9 @@ class Packing:
     """
 
     def __init__(self, position_keys: Sequence[str] = ("start_positions", "end_positions"), multiple: int = 8,
-                 max_length: int = 512, row_tokens: int | None = None):
+                 max_length: int = 512, row_tokens: int | None = None, causal_labels: str | None = None):
         self.position_keys, self.multiple, self.max_length = tuple(position_keys), multiple, max_length
-        self.row_tokens = row_tokens
+        self.row_tokens, self.causal_labels = row_tokens, causal_labels
         self.bound = max(max_length, multiple)  # no feature is longer than max_length, the padding than multiple
 
     def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | int]:
@@ -111,6 +125,10 @@ class Packing:
                 row[key] = torch.stack([f[key] for f in features])
                 if key in self.position_keys:
                     row[key] = row[key] + starts[:-2].to(row[key].dtype)
+        if self.causal_labels is not None:
+            labels = row[self.causal_labels]
+            labels[0, starts[:-1].long()] = IGNORE  # each feature's first token and the padding's
+            labels[0, total:] = IGNORE
         row["position_ids"] = torch.cat([*(torch.arange(n) for n in lengths), torch.zeros(padding, dtype=torch.long)])[None]
         row.update(cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=self.bound, max_length_k=self.bound)
         return row
@@ -168,6 +186,16 @@ class LengthGroupedSampler(Sampler[int]):
             longest = max(range(len(full)), key=lambda i: int(self.lengths[full[i][0]]))
             full[0], full[longest] = full[longest], full[0]
         return iter(torch.cat(full + short).tolist() if groups else [])
+
+
+def fixed_rows(cfg: "Config", lengths: Sequence[int]) -> tuple[int | None, "TokenBudgetSampler | None"]:
+    """data.pack_tokens: the length of every packed training row, and the sampler whose batches fit it (per rank,
+    over train.devices x num_nodes ranks); (None, None) where rows are padded to a multiple instead."""
+    d, t = cfg.data, cfg.train
+    if d.pack_tokens is None:
+        return None, None
+    row = row_budget(lengths, t.batch_size, d.pad_multiple) if d.pack_tokens == "auto" else d.pack_tokens
+    return row, TokenBudgetSampler(lengths, t.batch_size, row, t.devices * t.num_nodes, seed=t.seed)
 
 
 def row_budget(lengths: Sequence[int], batch_size: int, multiple: int) -> int:
@@ -258,12 +286,16 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if query.shape[0] != 1:
         raise ValueError(f"a packed batch is one row; got {query.shape[0]} rows with cu_seq_lens_q")
     default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-12  # the varlen kernel's scale
+    causal = bool(getattr(module, "is_causal", False))  # a decoder's self-attention (GPT-2) sees only earlier tokens
     if uses_varlen(query.device, query.dtype) and default_scale:
         q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (tokens, heads, head_dim)
-        out = varlen_attn(q, k, v, cu, kwargs.get("cu_seq_lens_k", cu), kwargs["max_length_q"], kwargs["max_length_k"])
+        out = varlen_attn(q, k, v, cu, kwargs.get("cu_seq_lens_k", cu), kwargs["max_length_q"], kwargs["max_length_k"],
+                          **(_CAUSAL if causal else {}))
         return out[None], None
     segments = segment_ids(cu, query.shape[2])
     mask = segments[:, None] == segments[None, :]
+    if causal:
+        mask = mask.tril()
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
     return out.transpose(1, 2), None
 

@@ -89,15 +89,12 @@ def batching(cfg: Config, lengths: torch.Tensor, padding_side: str):
     if d.padding != "max_length" and padding_side != "right":
         raise ValueError(f"data.padding '{d.padding}' cuts padding off the right of each feature, but this tokenizer "
                          "pads on the left: use data.padding max_length")
-    ranks = t.devices * t.num_nodes
-    if d.pack_tokens is not None:  # one row length: each training batch's features chosen to fit it
-        row = packing.row_budget(lengths, t.batch_size, d.pad_multiple) if d.pack_tokens == "auto" else d.pack_tokens
-        return (packing.Packing(LABELS, d.pad_multiple, d.max_length, row_tokens=row),
-                packing.TokenBudgetSampler(lengths.tolist(), t.batch_size, row, ranks, seed=t.seed))
+    row, sampler = packing.fixed_rows(cfg, lengths.tolist())  # with data.pack_tokens: one row length, batches that fit
     collate = {"max_length": None, "dynamic": packing.DynamicPadding(d.pad_multiple),
-               "packed": packing.Packing(LABELS, d.pad_multiple, d.max_length)}[d.padding]
-    # One group is one optimizer micro-step's batches over every device, so each rank's batch is alike in length.
-    sampler = packing.LengthGroupedSampler(lengths.tolist(), t.batch_size * ranks, seed=t.seed) if d.group_by_length else None
+               "packed": packing.Packing(LABELS, d.pad_multiple, d.max_length, row_tokens=row)}[d.padding]
+    if d.group_by_length:
+        # One group is one optimizer micro-step's batches over every device, so each rank's batch is alike in length.
+        sampler = packing.LengthGroupedSampler(lengths.tolist(), t.batch_size * t.devices * t.num_nodes, seed=t.seed)
     return collate, sampler
 
 

@@ -29,12 +29,14 @@ import torch
 from torch import nn
 
 from labkit.config import Config
+from labkit.data import packing
 from labkit.data.packing import padded_width
 from labkit.data.sources import hold_out, load_hub
 from labkit.data.synthetic.sft import generate_pairs
 from labkit.data.tokenizers import load_tokenizer
 from labkit.models import gpt2
 from labkit.precision import PRECISIONS
+from labkit.preflight import uses_cuda
 from labkit.tasks import Task, transformer_flops_per_sample
 
 HUB_DATASET = "Dahoas/rm-static"
@@ -147,6 +149,18 @@ class Collate:
             batch["attention_mask"][i, :n] = 1
             batch["labels"][i, :n] = torch.tensor(f["labels"])
         return batch
+
+
+@dataclass
+class PackedPairs:
+    """collate_fn: a batch of pairs as one packed row, each pair a segment of its own (labkit.data.packing.Packing,
+    which labels each pair's first token and the padding IGNORE, so no token learns to predict the next pair)."""
+
+    packing: packing.Packing
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor | int]:
+        return self.packing([{"input_ids": torch.tensor(f["input_ids"]), "labels": torch.tensor(f["labels"]),
+                              "attention_mask": torch.ones(len(f["input_ids"]), dtype=torch.long)} for f in features])
 
 
 @torch.no_grad()
@@ -276,8 +290,16 @@ def build_task(cfg: Config) -> Task:
     model.config.pad_token_id = tokenizer.pad_token_id
     train_set, truncated = encode(train_pairs, tokenizer, d.max_length)
     test_set, _ = encode(test_pairs, tokenizer, d.max_length)
-    collate = Collate(tokenizer.pad_token_id, d.max_length if d.padding == "max_length" else None, d.pad_multiple,
-                      d.max_length)
+    lengths = [len(f["input_ids"]) for f in train_set]
+    padded = Collate(tokenizer.pad_token_id, d.max_length if d.padding == "max_length" else None, d.pad_multiple,
+                     d.max_length)
+    collate, sampler = padded, None
+    if d.padding == "packed":  # each pair a segment of one row; with data.pack_tokens every row one length
+        model.set_attn_implementation(packing.register())
+        row, sampler = packing.fixed_rows(cfg, lengths)
+        collate = PackedPairs(packing.Packing((), d.pad_multiple, d.max_length, row_tokens=row, causal_labels="labels"))
+        info.update(attention=packing.kernel_name(uses_cuda(cfg), PRECISIONS[cfg.train.precision].half),
+                    attention_dropout="off (packed batches: the varlen kernel has none)", packed_row_tokens=row)
     samples = test_pairs[:GENERATIONS]
 
     @torch.no_grad()
@@ -291,7 +313,7 @@ def build_task(cfg: Config) -> Task:
         pairs = test_set[:limit]
         with PRECISIONS[cfg.train.precision].autocast_on(device):
             for start in range(0, len(pairs), batch_size):
-                batch = {k: v.to(device) for k, v in collate(pairs[start: start + batch_size]).items()}
+                batch = {k: v.to(device) for k, v in padded(pairs[start: start + batch_size]).items()}
                 n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the model predicts token t+1 from tokens <= t
                 nll += model(**batch).loss.double() * n
                 targets += n
@@ -301,7 +323,6 @@ def build_task(cfg: Config) -> Task:
                                for s, r in zip(samples, responses)]
         return {"test_loss": loss, "test_perplexity": math.exp(loss)}
 
-    lengths = [len(f["input_ids"]) for f in train_set]
     info.update(data_source=d.source if d.source != "hub" else f"hub: {d.hub_name or HUB_DATASET}",
                 train_examples=len(train_set), val_examples=len(test_set), truncated_examples=truncated,
                 mean_real_tokens=sum(lengths) / len(lengths),
@@ -313,5 +334,5 @@ def build_task(cfg: Config) -> Task:
     if cfg.model.finetune == "lora":
         flops -= 2 * n * seq
     return Task(model=model, train_set=train_set, val_set=test_set, collate_fn=collate, evaluate=evaluate,
-                flops_per_sample=flops, info=info,
+                flops_per_sample=flops, info=info, train_sampler=sampler,
                 final_evaluate=reward_evaluation(cfg, tokenizer, [p["prompt"] for p in test_pairs], info))
