@@ -261,6 +261,7 @@ def test_rows_of_a_fixed_length_train_as_the_padded_batch():
         batch = features(lengths)
         row = pack(batch)
         assert row["input_ids"].shape == (1, 160) and row["cu_seq_lens_q"].tolist()[-2:] == [sum(lengths), 160]
+        assert row["max_length_q"] >= int(row["cu_seq_lens_q"].diff().max())  # the kernel's bound holds the padding too
         assert batch_size_of(row) == 6 and int(real_tokens_of(row)) == sum(lengths)
         loss, grads = loss_and_grads(model, row)
         padded_loss, padded_grads = loss_and_grads(model, default_collate(batch))

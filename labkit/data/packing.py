@@ -82,8 +82,9 @@ class Packing:
     0); ``position_ids`` count 0, 1, ... within each feature; the per-feature keys named in
     ``position_keys`` (token indices into the feature, e.g. QA start/end labels) are offset to the
     feature's start in the row; other per-feature keys are stacked. ``max_length_q/k`` are a fixed upper
-    bound on every segment (the longer of ``max_length`` and ``multiple``; the varlen kernel accepts a
-    bound) rather than the batch's longest segment, so that they do not change from batch to batch.
+    bound on every segment, the padding segment's too (the longest of ``max_length``, ``multiple`` and
+    ``row_tokens``; the varlen kernel accepts a bound) rather than the batch's longest segment, so that they
+    do not change from batch to batch.
 
     ``causal_labels`` names a causal language model's per-token labels (GPT-2's ``labels``, which the model shifts
     by one): the padding and each feature's first token are labelled ``IGNORE``, so that no token learns to predict
@@ -103,7 +104,10 @@ class Packing:
                  max_length: int = 512, row_tokens: int | None = None, causal_labels: str | None = None):
         self.position_keys, self.multiple, self.max_length = tuple(position_keys), multiple, max_length
         self.row_tokens, self.causal_labels = row_tokens, causal_labels
-        self.bound = max(max_length, multiple)  # no feature is longer than max_length, the padding than multiple
+        # No feature is longer than max_length, and the padding segment no longer than multiple, or than the row
+        # when rows have one length. The kernel sizes its grid by the bound; a segment longer than it would be
+        # left partly unwritten.
+        self.bound = max(max_length, multiple, row_tokens or 0)
 
     def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | int]:
         lengths = [int(f["attention_mask"].sum()) for f in features]
