@@ -126,6 +126,23 @@ def trainer_row(profile: str, steps: int | None, directory: Path) -> dict:
                     f"train_samples_per_second (whole train() call, start-up included): {r['trainer_samples_per_s']:.1f}"}
 
 
+def warm_up_gpu(seconds: float) -> float:
+    """Keep the GPU busy with bf16 matrix products for ``seconds`` before the first row, which is a baseline the
+    ratios divide by: the first run on a freshly started machine measured slower on the GPU itself than the runs
+    after it (docs/benchmarks.md, H200 run 1). Returns the seconds spent: 0 without a GPU."""
+    if not torch.cuda.is_available() or seconds <= 0:
+        return 0.0
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+    del a
+    torch.cuda.empty_cache()
+    return time.perf_counter() - start
+
+
 def bench(profile: str, items: list[str], steps: int | None, directory: Path) -> pd.DataFrame:
     """Run ``items`` one after another; one table row each."""
     overrides = {"train.max_steps": steps} if steps else {}
@@ -234,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="groups (bert, resnext, gpt2, t5) or rows ('01/fast_path') to run")
     parser.add_argument("--steps", type=int, help="cap every configuration at this many optimizer steps")
     parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
+    parser.add_argument("--warm-up-s", type=float, default=15.0, help="seconds of GPU work before the first row (0: none)")
     args = parser.parse_args(argv)
     os.environ["LABKIT_HEADLESS"] = "1"  # plain, infrequent progress lines
     items = selected(args.only)
     directory = Path(args.runs_dir).resolve() / args.profile / "bench"
     directory.mkdir(parents=True, exist_ok=True)
+    if warmed := warm_up_gpu(args.warm_up_s):
+        print(f"[bench] GPU warmed up for {warmed:.0f} s before the first row", flush=True)
     table = bench(args.profile, items, args.steps, directory)
     stem = "-".join(["bench", *(name.replace("/", "_") for name in args.only or [])])
     table.to_csv(directory / f"{stem}.csv")

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -107,3 +108,8 @@ def test_trainer_baseline_runs(tmp_path):
     assert result["mean_real_tokens"] == pytest.approx(real) and real < cfg.data.max_length  # not the padded width
     assert result["tokens_per_s"] == pytest.approx(result["samples_per_s"] * real)
     assert result["flops_counted"] == "every feature padded to 128 tokens" and result["train_loss"] > 0
+
+
+def test_no_gpu_no_warm_up():
+    start = time.perf_counter()
+    assert bench.warm_up_gpu(30.0) == 0.0 and time.perf_counter() - start < 5  # a CPU machine does not wait
