@@ -43,13 +43,10 @@ def analyse(events: list[dict], min_gap_us: float = 20.0, top: int = 10) -> dict
         call = launches.get(kernel.get("args", {}).get("correlation"))
         if call is None:
             return "?"
-        best = None
-        for i in range(bisect.bisect_right(op_starts, call["ts"]) - 1, max(-1, bisect.bisect_right(op_starts, call["ts"]) - 200), -1):
-            op = ops[i]
-            if op["ts"] <= call["ts"] <= op["ts"] + op["dur"] and op.get("tid") == call.get("tid"):
-                if best is None or op["dur"] < best["dur"]:
-                    best = op
-        return best["name"] if best else call["name"]
+        last = bisect.bisect_right(op_starts, call["ts"])  # the 199 operators that began last before the call
+        around = [op for op in ops[max(0, last - 199): last]
+                  if call["ts"] <= op["ts"] + op["dur"] and op.get("tid") == call.get("tid")]
+        return min(around, key=lambda op: op["dur"])["name"] if around else call["name"]
 
     busy, gaps, end = 0.0, [], gpu[0]["ts"]
     for e in gpu:

@@ -24,8 +24,7 @@ import torch
 from labkit.config import Config, ConfigError
 from labkit.precision import PRECISIONS
 
-# Tasks whose batches cannot be packed into one row: a packed row would mix a causal LM's pairs, and an
-# encoder-decoder pairs each source with its own target.
+# Tasks whose batches cannot be packed into one row, and why.
 UNPACKABLE = {"t5_qa": "an encoder-decoder pairs each source with its own target",
               "simcls": "the scorer embeds each document, reference and candidate as a sequence of its own"}
 

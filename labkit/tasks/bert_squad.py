@@ -58,8 +58,9 @@ def load_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
 def qa_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Mean of the start and end cross-entropies, each a softmax over the feature's real tokens only."""
     if "cu_seq_lens_q" in batch:
-        # A packed row's length is the one input size that changes from batch to batch: compiled, it alone is
-        # symbolic (the rest stays static), so the model compiles once and replays one CUDA graph per row length.
+        # A packed row's length is the one input size that can change from batch to batch (validation rows, and
+        # every row without data.pack_tokens): compiled, it alone is symbolic (the rest stays static), so the model
+        # compiles once and replays one CUDA graph per row length.
         # maybe_: should tracing ever specialise it, that length compiles on its own instead of failing the run.
         for key in ("input_ids", "token_type_ids", "position_ids"):
             torch._dynamo.maybe_mark_dynamic(batch[key], 1)
