@@ -10,7 +10,8 @@ own compilation. BERT also gets the Hugging Face Trainer on the same padded inpu
 or single rows ('01/fast_path', 'trainer'). Records go under runs/<profile>/bench/, apart from the notebooks'
 own; the comparison table of this run (configuration, device, samples/s, real tokens/s, MFU, peak memory,
 epoch time) goes to runs/<profile>/bench/bench.csv and bench.md (bench-<only>.* with --only), with the
-fast paths' goals below it, and is printed at the end; runs/<profile>/bench/bench-ratios.csv holds one row per
+fast paths' goals below it, then each fast path's training loss against its baseline's at the same steps
+(``LOSS_BASELINES``; the curves side by side in bench-loss.png), and is printed at the end; runs/<profile>/bench/bench-ratios.csv holds one row per
 configuration with exactly the columns of ``RATIO_COLUMNS``: its samples/s, the samples/s of the row it is measured
 against (``BASELINES``: the step it improves on), their ratio, MFU and GPU busy in percent, and peak allocated
 memory in GB. GPU-only configurations on a CPU are recorded as skipped, with the reason.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from labkit import config, results
 from labkit.config import ROOT
@@ -46,8 +48,8 @@ BENCH = {  # group -> params files (or TRAINER), in table order
     "t5": ["params/07_t5_model_parallel/gsm8k_bf16.yaml", "params/07_t5_model_parallel/fast_path.yaml"],
 }
 ROW = ["configuration", "device", "status", "samples_per_s", "tokens_per_s", "mfu", "gpu_util", "peak_allocated_gb", "step_s",
-       "epoch_s", "first_step_s", "steady_compilations", "steps", "mean_real_tokens", "trainer_samples_per_s", "mfu_counts", "attention", "data",
-       "note"]
+       "epoch_s", "first_step_s", "steady_compilations", "final_train_loss", "steps", "mean_real_tokens", "trainer_samples_per_s",
+       "mfu_counts", "attention", "data", "note"]
 # Each row against the row it improves on: bf16 against fp32, the Trainer against the kit's loop at the same settings,
 # the BERT fast path on the padded input against the Trainer's steady state, dynamic padding and packing against the
 # padded fast path, and each other fast path against its own notebook's baseline. Rows absent here are baselines.
@@ -57,13 +59,19 @@ BASELINES = {"01/baseline_bf16": "01/baseline", TRAINER: "01/baseline_bf16", "01
 RATIO_COLUMNS = ["configuration", "samples_per_s", "baseline_samples_per_s", "ratio", "mfu", "gpu_busy", "peak_allocated_gb"]
 # The goals: samples/s at least this many times the baseline's (BASELINES), one run of the bench on one GPU.
 SPEEDUP_GOALS = {"01/fast_path_padded": 1.8, "01/fast_path_packed": 1.5, "06/fast_path": 1.3, "07/fast_path": 1.3}
+# A fast path must train what its baseline trains: each one's loss against the kit's eager loop on the same model and data
+# (the Trainer row records no loss curve, so the BERT fast paths are held against 01/baseline_bf16).
+LOSS_BASELINES = {"01/fast_path_padded": "01/baseline_bf16", "01/fast_path": "01/baseline_bf16",
+                  "01/fast_path_packed": "01/baseline_bf16", "03/fast_path": "03/resnext_bf16_channels_last",
+                  "06/fast_path": "06/r10_adamw", "07/fast_path": "07/gsm8k_bf16"}
 MFU_GOAL_PCT = 30.0  # 01/fast_path_padded, of the GPU's dense bf16 peak
 FIRST_STEP_GOAL_S = 30.0  # 01/fast_path_packed: its first step, compilation included
 EPOCH_GOAL_S = 2.5  # 03/fast_path: its last epoch, data included
 # GPU busy: NVML's utilisation over the steady state; well under 100% means the host, not the GPU, sets the pace
 COLUMNS = {"samples_per_s": "samples/s", "tokens_per_s": "real tokens/s", "mfu": "MFU (%)", "gpu_util": "GPU busy (%)",
            "peak_allocated_gb": "peak allocated (GB)", "step_s": "step (ms)", "epoch_s": "last epoch (s)",
-           "first_step_s": "first step (s)", "steady_compilations": "compilations in the steady state"}
+           "first_step_s": "first step (s)", "steady_compilations": "compilations in the steady state",
+           "final_train_loss": "last training loss"}
 
 
 def name_of(item: str) -> str:
@@ -92,6 +100,7 @@ def record_row(record: dict) -> dict:
             "epoch_s": epochs[-1] if p.get("task") == "cifar_resnext" and epochs else None,
             "first_step_s": steps[0]["step"] if steps else None,  # compilation, on a compiled model
             "steady_compilations": s.get("compilations_in_steady_state"),  # their time is inside samples_per_s
+            "final_train_loss": s.get("final_train_loss"),  # the mean over the last log_every steps
             "steps": s.get("steps"), "mean_real_tokens": info.get("mean_real_tokens"),
             "mfu_counts": info.get("flops_counted"), "attention": info.get("attention"),
             "data": info.get("data_source"), "note": record.get("error") or p.get("description", "")}
@@ -230,6 +239,56 @@ def targets(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def records_of(profile: str, items: list[str], directory: Path) -> dict[str, dict]:
+    """The finished ('ok') results records of this bench's rows, by row name (the Trainer has none)."""
+    found = {}
+    for item in items:
+        if item != TRAINER:
+            record = results.read(results.record_dir(profile, Path(item).parent.name, Path(item).stem, directory))
+            if record and record["status"] == "ok":
+                found[name_of(item)] = record
+    return found
+
+
+def _train_loss(record: dict) -> dict[int, float]:
+    return {step: loss for step, _, loss in record.get("curves", {}).get("train_loss", [])}
+
+
+def loss_comparison(records: dict[str, dict]) -> list[str]:
+    """Each fast path's training loss against its LOSS_BASELINES row's, at the optimizer steps both logged (each
+    logged value is the mean over the steps since the one before)."""
+    lines = []
+    for fast, base in LOSS_BASELINES.items():
+        if fast not in records or base not in records:
+            continue
+        mine, theirs = _train_loss(records[fast]), _train_loss(records[base])
+        shared = sorted(set(mine) & set(theirs))
+        if not shared:
+            lines.append(f"{fast}: no training loss logged at the steps {base} logged")
+            continue
+        gap = max(abs(mine[k] - theirs[k]) / abs(theirs[k]) for k in shared)
+        last = shared[-1]
+        lines.append(f"{fast}: training loss {mine[last]:.3f} at step {last} against {base}'s {theirs[last]:.3f}; the two "
+                     f"curves differ by at most {100 * gap:.1f}% at the {len(shared)} steps both logged")
+    return lines
+
+
+def loss_figure(records: dict[str, dict]) -> Figure | None:
+    """One panel per fast path: its training loss and its LOSS_BASELINES row's against the optimizer step."""
+    pairs = [(fast, base) for fast, base in LOSS_BASELINES.items() if fast in records and base in records]
+    if not pairs:
+        return None
+    fig = Figure(figsize=(4.5 * len(pairs), 3.6), layout="constrained")
+    for ax, (fast, base) in zip(fig.subplots(1, len(pairs), squeeze=False)[0], pairs):
+        for name in (base, fast):
+            curve = sorted(_train_loss(records[name]).items())
+            ax.plot([k for k, _ in curve], [v for _, v in curve], marker="o", markersize=3, label=name)
+        ax.set(title=f"{fast}\n{results.device_label(records[fast].get('env', {}))}", xlabel="optimizer step",
+               ylabel="training loss")
+        ax.legend(fontsize="small")
+    return fig
+
+
 def markdown(df: pd.DataFrame) -> str:
     """A Markdown table (pandas' to_markdown needs tabulate, which the kit does not install)."""
     cells = [[str(df.index.name)] + list(df.columns)] + [[str(i)] + [_cell(v) for v in row] for i, row in df.iterrows()]
@@ -267,12 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     data = sorted({f"{d}, mean {t:.0f} real tokens per sample" if pd.notna(t) else d
                    for d, t in zip(table["data"], table["mean_real_tokens"]) if isinstance(d, str)})
     lines = targets(table)
+    finished = records_of(args.profile, items, directory)
+    same_training = "".join(f"- {line}\n" for line in loss_comparison(finished)) or "No fast path ran beside its baseline.\n"
+    if figure := loss_figure(finished):
+        figure.savefig(directory / f"{stem}-loss.png", dpi=120)
+        same_training += f"\n![each fast path's training loss beside its baseline's]({stem}-loss.png)\n"
     (directory / f"{stem}.md").write_text(
         f"# Throughput, profile `{args.profile}`\n\n{markdown(shown)}\n\nData: {'; '.join(data) or 'none'}.\n\n"
-        "## Goals\n\n" + "".join(f"- {line}\n" for line in lines) +
+        "## Goals\n\n" + "".join(f"- {line}\n" for line in lines) + "\n## The same training\n\n" + same_training +
         "\n## Notes\n\n" + markdown(table[["steps", "mfu_counts", "attention", "note"]]) + "\n")
     print(f"\n{shown.to_string(na_rep='', float_format=lambda v: f'{v:,.1f}')}\n")
-    print("\n".join(lines))
+    print("\n".join(lines + loss_comparison(finished)))
     print(f"\ntable: {directory / stem}.md and .csv; ratios against the baselines: {directory / stem}-ratios.csv")
     return 0 if not (table["status"] == "failed").any() else 1
 

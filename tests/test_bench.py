@@ -32,7 +32,8 @@ def test_bench_smoke_writes_its_table(tmp_path):
         assert table.loc[name, "status"] == "skipped" and any(why in note for why in ("GPU", "CUDA", "bf16 instructions"))
     markdown = (directory / "bench.md").read_text()
     assert "| configuration | device | status | samples/s | real tokens/s | MFU (%) | GPU busy (%) |" in markdown
-    assert "CPU (smoke, not a GPU figure)" in markdown and "## Goals" in markdown
+    assert "CPU (smoke, not a GPU figure)" in markdown and "## Goals" in markdown and "## The same training" in markdown
+    assert "last training loss" in markdown and table.loc["01/baseline", "final_train_loss"] > 0
     assert "padding-free vs padded, same fast path: not measured (01/fast_path_packed: skipped" in markdown
     ratios = pd.read_csv(directory / "bench-ratios.csv")
     assert list(ratios.columns) == bench.RATIO_COLUMNS and list(ratios["configuration"]) == list(table.index)
@@ -113,3 +114,25 @@ def test_trainer_baseline_runs(tmp_path):
 def test_no_gpu_no_warm_up():
     start = time.perf_counter()
     assert bench.warm_up_gpu(30.0) == 0.0 and time.perf_counter() - start < 5  # a CPU machine does not wait
+
+
+def logged(*losses: float, every: int = 20, env: dict | None = None) -> dict:
+    """A results record whose training loss was logged every ``every`` steps."""
+    return {"status": "ok", "env": env or {"device": "cuda", "device_name": "NVIDIA H200"},
+            "curves": {"train_loss": [[every * (i + 1), 0.1 * i, loss] for i, loss in enumerate(losses)]}}
+
+
+def test_each_fast_path_is_held_against_its_baselines_loss(tmp_path):
+    records = {"01/baseline_bf16": logged(4.0, 3.0, 2.5), "01/fast_path_packed": logged(4.1, 3.3, 2.52),
+               "06/r10_adamw": logged(7.5, 7.3), "06/fast_path": logged(7.5, every=40),  # logged at step 40 only
+               "07/fast_path": logged(3.0)}  # its baseline did not run: no line
+    packed, gpt2 = bench.loss_comparison(records)
+    assert packed == ("01/fast_path_packed: training loss 2.520 at step 60 against 01/baseline_bf16's 2.500; the two curves "
+                      "differ by at most 10.0% at the 3 steps both logged")  # step 40: 3.3 against 3.0
+    assert gpt2.startswith("06/fast_path: training loss 7.500 at step 40 against 06/r10_adamw's 7.300") and "the 1 steps" in gpt2
+    figure = bench.loss_figure(records)
+    assert [ax.get_title() for ax in figure.axes] == ["01/fast_path_packed\nNVIDIA H200", "06/fast_path\nNVIDIA H200"]
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["01/baseline_bf16", "01/fast_path_packed"]
+    assert list(figure.axes[0].get_lines()[1].get_ydata()) == [4.1, 3.3, 2.52]
+    figure.savefig(tmp_path / "loss.png")
+    assert bench.loss_figure({"07/fast_path": logged(3.0)}) is None and bench.loss_comparison({}) == []
