@@ -6,6 +6,7 @@ does (running, then ok, each write atomic) and waits when told to, so that a kil
 not import labkit (torch), which keeps each kernel start short."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,6 +137,8 @@ def test_sigterm_stops_a_run_all_as_ctrl_c_does(kit, monkeypatch, capsys):
     out = capsys.readouterr()
     assert "interrupted: finished configurations are kept" in out.err
     assert "[1/2]" not in out.out and "[2/2] 01_fake/c" in out.out  # a was done: not run again
+    # the summary still lists what finished before the signal, as a whole run-all's would
+    assert any(line.startswith("01_fake/a") and "done earlier" in line for line in out.out.splitlines())
     assert signal.getsignal(signal.SIGTERM) == handler  # main() gives the handler back
     assert results.read(record_of(kit, "a").parent)["status"] == "ok"
 
@@ -175,3 +178,14 @@ def test_a_notebook_stopped_before_its_cells_ran_is_not_finished(tmp_path):
     assert not runall.executed_to_the_end(path)
     path.write_text(json.dumps(notebook(3)))
     assert runall.executed_to_the_end(path)  # an empty cell needs no count
+
+
+def test_each_configuration_says_when_it_ends_and_where_its_time_went(kit, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_LINGER_c", "2")
+    assert main(kit) == 0
+    ends = [line for line in capsys.readouterr().out.splitlines() if ": ok in " in line]
+    assert [line.split(":")[0] for line in ends] == ["[1/2] 01_fake/a", "[2/2] 01_fake/c"]
+    # c's slowest cell is the one that lingered 2 s; the cells' total is under the configuration's whole time
+    took, cells, slowest = (float(x) for x in re.search(r"ok in (\d+) s \(cells (\d+) s; slowest: (\d+) s `time.sleep", ends[1]).groups())
+    assert slowest == 2 and 2 <= cells <= took
+    assert runall.slowest_cells(kit / "missing.ipynb") == ""

@@ -189,14 +189,39 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> int:
                         status, message = run_job(job, args.profile, runs_dir, overrides)
                     except Exception as err:  # a broken notebook file, a kernel that died: record and go on
                         status, message = "failed", f"{type(err).__name__}: {err}"
-                    rows.append((name, f"{time.perf_counter() - start:.0f}s", status, message))
+                    took = time.perf_counter() - start
+                    rows.append((name, f"{took:.0f}s", status, message))
+                    print(f"[{i}/{len(jobs)}] {name}: {status} in {took:.0f} s{slowest_cells(out)}", flush=True)
             except OSError as err:  # a read-only or full runs dir: this configuration cannot run, the others may
                 rows.append((name, "-", "failed", f"cannot write its results: {err}"))
     except KeyboardInterrupt:
+        summary(rows)  # what finished before the interruption, as a whole run-all would list it
         print("\ninterrupted: finished configurations are kept; run again to continue", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return 1 if summary(rows)["failed"] else 0
+
+
+def slowest_cells(notebook: Path, count: int = 2) -> str:
+    """' (cells 62 s; slowest: 35 s `record = labkit.run(...`, 4 s `plots...`)' from papermill's timings of an executed
+    notebook: where a configuration's time went (the rest of its time is the kernel's start)."""
+    try:
+        cells = [c for c in json.loads(notebook.read_text())["cells"] if c.get("cell_type") == "code"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    timed = sorted(((c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0, c) for c in cells),
+                   key=lambda pair: pair[0], reverse=True)
+    shown = []
+    for seconds, cell in timed[:count]:
+        code = [line.strip() for line in "".join(cell.get("source", "")).splitlines() if line.strip() and not line.strip().startswith("#")]
+        first = next((line for line in code if not line.startswith(("import ", "from "))), code[0] if code else "")
+        shown.append(f"{seconds:.0f} s `{first[:48]}`")
+    return f" (cells {sum(t for t, _ in timed):.0f} s; slowest: {', '.join(shown)})" if shown else ""
+
+
+def summary(rows: list[tuple[str, str, str, str]]) -> dict[str, int]:
+    """Print one line per configuration (its whole error under it) and the counts; returns the counts."""
     width = max((len(r[0]) for r in rows), default=10)
     print(f"\n{'configuration':<{width}}  {'time':>12}  {'status':<8}  note")
     for name, took, status, message in rows:
@@ -206,7 +231,7 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> int:
             print(f"{'':<{width + 26}}{line}")
     counts = {s: sum(r[2] == s for r in rows) for s in ("ok", "oom", "skipped", "failed", "busy")}
     print("  ".join(f"{k}: {v}" for k, v in counts.items()))
-    return 1 if counts["failed"] else 0
+    return counts
 
 
 if __name__ == "__main__":
