@@ -105,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         report("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     report(record["status"], error=record.get("error"))
+    import torch.distributed as dist
+
+    # This rank's run is over: its communicators end here, in order, as PyTorch asks of a normal exit, rather than
+    # in the interpreter's exit (where NCCL warns that the process group was not destroyed).
+    if record["status"] == "ok" and dist.is_initialized():
+        dist.destroy_process_group()
     return 0 if record["status"] in ("ok", "skipped") else 1
 
 
