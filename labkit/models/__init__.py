@@ -1,6 +1,9 @@
 """Model presets of each lab (one module per family) and the parts they share."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -34,7 +37,8 @@ def build_hf(auto_cls, cfg, hub_name: str, random_config) -> tuple[nn.Module, di
     ``random_config`` with random weights (the offline default: no download, nothing learned yet)."""
     attn = {"attn_implementation": cfg.attn_implementation}
     if cfg.weights == "random":
-        model = auto_cls.from_config(random_config, **attn)
+        with without_default_init():
+            model = auto_cls.from_config(random_config, **attn)
         source = f"{hub_name} architecture, random weights"
     else:
         source = cfg.path if cfg.weights == "local" else (cfg.hub_name or hub_name)
@@ -45,3 +49,19 @@ def build_hf(auto_cls, cfg, hub_name: str, random_config) -> tuple[nn.Module, di
                           "once elsewhere and set model.weights: local with model.path, or use model.weights: random") from None
     info = {"model": cfg.hub_name or hub_name, "preset": cfg.preset, "weights": cfg.weights, "weights_source": source}
     return model, info
+
+
+@contextlib.contextmanager
+def without_default_init() -> Iterator[None]:
+    """Linear, Embedding and LayerNorm layers built inside skip torch's own draw of their weights. A Hugging Face
+    model draws every weight again at the end of its construction (post_init, with its own _init_weights), so the
+    first draw is wasted: 16 of t5-large's 26 s of construction on two CPU cores."""
+    layers = (nn.Linear, nn.Embedding, nn.LayerNorm)
+    drawn = {layer: layer.reset_parameters for layer in layers}
+    for layer in layers:
+        layer.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        for layer, reset in drawn.items():
+            layer.reset_parameters = reset
