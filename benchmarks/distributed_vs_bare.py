@@ -4,7 +4,8 @@
 
 Every row is a notebook 05 configuration run by ``labkit.run`` in a process of its own, as the notebook
 runs it (in-process for one device and DataParallel, through labkit's launcher for ddp, fsdp and
-deepspeed), beside the bare loop of the same strategy (``benchmarks/bare_distributed.py``, run with
+deepspeed; ``ddp1_here`` is ddp on one GPU in labkit.run's own process, given the variables torchrun would
+set, so that ``single``, ``ddp1_here`` and ``ddp1`` part DDP's wrapper from the launched process), beside the bare loop of the same strategy (``benchmarks/bare_distributed.py``, run with
 torchrun on labkit's own first batches). Columns:
 
 * ``samples_per_s``: labkit's steady-state figure from its results record; ``bare_samples_per_s``: the
@@ -37,6 +38,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -64,11 +67,15 @@ class Row:
     config: str  # params/05_ddp_fsdp/<config>.yaml
     bare: str | None  # bare_distributed.py --strategy for the same work, or None (no bare equivalent)
     overrides: dict = field(default_factory=dict)
+    in_process: bool = False  # a one-rank ddp run in labkit.run's own process, as if torchrun had started it
 
 
 ROWS = [
     Row("single", "single (1 GPU, in-process)", "single", "none"),
     Row("ddp1", "ddp 1 GPU (through the launcher)", "ddp", "none", {"train.devices": 1}),
+    # The same DDP-wrapped model on one GPU without the launcher: against ddp1 it shows what the launched process costs,
+    # against single what DistributedDataParallel's wrapper costs on one rank.
+    Row("ddp1_here", "ddp 1 GPU (in-process)", "ddp", "none", {"train.devices": 1}, in_process=True),
     Row("ddp", "ddp", "ddp", "ddp"),
     Row("fsdp", "fsdp", "fsdp", "fsdp"),
     Row("dp", "dp (DataParallel)", "dp", None),
@@ -76,15 +83,20 @@ ROWS = [
 ]
 
 
-def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float) -> dict:
-    """One configuration through labkit.run in a fresh Python process; returns its results record."""
+def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float, profile: str = "gpu") -> dict:
+    """One configuration through labkit.run in a fresh Python process; returns its status, error, summary and
+    whether labkit's launcher started its processes."""
     overrides = {**common, **row.overrides}
     code = ("import json, labkit\n"
-            f"r = labkit.run('params/{NOTEBOOK}/{row.config}.yaml', 'gpu', {overrides!r}, runs_dir={str(runs_dir)!r})\n"
+            f"r = labkit.run('params/{NOTEBOOK}/{row.config}.yaml', {profile!r}, {overrides!r}, runs_dir={str(runs_dir)!r})\n"
             "print('LABKIT_RESULT ' + json.dumps({'status': r['status'], 'error': r.get('error'), "
-            "'summary': r['summary']}), flush=True)\n")
+            "'summary': r['summary'], 'launched': 'launch' in r}), flush=True)\n")
+    env = dict(os.environ)
+    if row.in_process:  # the variables torchrun sets for a rank: labkit.run then trains here instead of launching
+        env.update(LOCAL_RANK="0", RANK="0", GROUP_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(free_port()), TORCHELASTIC_RUN_ID="labkit-side-by-side")
     try:
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"status": "timed out", "error": f"still running after {timeout_s:.0f} s", "summary": {}}
     for line in out.stdout.splitlines():
@@ -92,6 +104,12 @@ def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float) -> dict
             return json.loads(line.removeprefix("LABKIT_RESULT "))
     last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
     return {"status": "failed", "error": last[0], "summary": {}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_bare(strategy: str, devices: int, args: argparse.Namespace) -> dict:
@@ -119,7 +137,8 @@ def parse_row(text: str) -> Row:
         return base
     overrides = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs.split(","))}
     label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
-    return Row(f"{base.key}+{label}", f"{base.name} [{label}]", base.config, base.bare, {**base.overrides, **overrides})
+    return Row(f"{base.key}+{label}", f"{base.name} [{label}]", base.config, base.bare, {**base.overrides, **overrides},
+               base.in_process)
 
 
 def main(argv: list[str] | None = None) -> int:

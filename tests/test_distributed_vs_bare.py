@@ -57,3 +57,12 @@ def test_repeats_take_each_ratio_within_its_repeat_and_report_medians(tmp_path):
         runs = list(csv.DictReader(f))
     assert [(r["repeat"], r["configuration"]) for r in runs][:2] == [("0", "single (1 GPU, in-process)"), ("0", "ddp")]
     assert [float(r["vs_bare"]) for r in runs if r["configuration"] == "ddp" and r["status"] == "ok"] == [0.9, 1.0, 0.95]
+
+
+def test_the_in_process_ddp_row_trains_without_the_launcher(tmp_path):
+    """ddp1_here: DistributedDataParallel on one rank in labkit.run's own process (gloo on a CPU), so that a GPU run
+    can set the wrapper's cost apart from the launched process's."""
+    row = side.parse_row("ddp1_here")
+    assert row.in_process and row.overrides == {"train.devices": 1} and side.parse_row("ddp1_here:train.lr=1e-4").in_process
+    result = side.run_labkit(row, {"train.max_steps": 3}, tmp_path, timeout_s=600, profile="smoke")
+    assert result["status"] == "ok" and result["launched"] is False and result["summary"]["steps"] == 3
