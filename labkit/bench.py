@@ -152,10 +152,11 @@ def warm_up_gpu(seconds: float) -> float:
     return time.perf_counter() - start
 
 
-def bench(profile: str, items: list[str], steps: int | None, directory: Path) -> pd.DataFrame:
-    """Run ``items`` one after another; one table row each."""
+def bench(profile: str, items: list[str], steps: int | None, directory: Path) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Run ``items`` one after another: one table row each, and the results records of those that finished ('ok'),
+    by row name (the Trainer's run keeps none)."""
     overrides = {"train.max_steps": steps} if steps else {}
-    rows = []
+    rows, finished = [], {}
     for item in items:
         print(f"[bench] {name_of(item)} (profile {profile})", flush=True)
         start = time.perf_counter()
@@ -171,10 +172,12 @@ def bench(profile: str, items: list[str], steps: int | None, directory: Path) ->
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            path = results.record_dir(profile, Path(item).parent.name, Path(item).stem, directory)
-            rows.append(record_row(results.read(path)))
+            record = results.read(results.record_dir(profile, Path(item).parent.name, Path(item).stem, directory))
+            rows.append(record_row(record))
+            if record["status"] == "ok":
+                finished[name_of(item)] = record
         print(f"[bench] {name_of(item)}: {rows[-1]['status']} after {time.perf_counter() - start:.0f} s", flush=True)
-    return pd.DataFrame(rows).reindex(columns=ROW).set_index("configuration")
+    return pd.DataFrame(rows).reindex(columns=ROW).set_index("configuration"), finished
 
 
 def ratios(table: pd.DataFrame) -> pd.DataFrame:
@@ -237,17 +240,6 @@ def targets(table: pd.DataFrame) -> list[str]:
             lines.append(f"{name}: {int(row['steady_compilations'])} compilation(s) inside its steady state, whose time "
                          "its samples/s includes")
     return lines
-
-
-def records_of(profile: str, items: list[str], directory: Path) -> dict[str, dict]:
-    """The finished ('ok') results records of this bench's rows, by row name (the Trainer has none)."""
-    found = {}
-    for item in items:
-        if item != TRAINER:
-            record = results.read(results.record_dir(profile, Path(item).parent.name, Path(item).stem, directory))
-            if record and record["status"] == "ok":
-                found[name_of(item)] = record
-    return found
 
 
 def _train_loss(record: dict) -> dict[int, float]:
@@ -318,16 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     if warmed := warm_up_gpu(args.warm_up_s):
         print(f"[bench] GPU warmed up for {warmed:.0f} s before the first row", flush=True)
-    table = bench(args.profile, items, args.steps, directory)
+    table, finished = bench(args.profile, items, args.steps, directory)
     stem = "-".join(["bench", *(name.replace("/", "_") for name in args.only or [])])
     table.to_csv(directory / f"{stem}.csv")
     ratios(table).to_csv(directory / f"{stem}-ratios.csv")
     shown = table[["device", "status", *COLUMNS]].rename(columns=COLUMNS)
     data = sorted({f"{d}, mean {t:.0f} real tokens per sample" if pd.notna(t) else d
                    for d, t in zip(table["data"], table["mean_real_tokens"]) if isinstance(d, str)})
-    lines = targets(table)
-    finished = records_of(args.profile, items, directory)
-    same_training = "".join(f"- {line}\n" for line in loss_comparison(finished)) or "No fast path ran beside its baseline.\n"
+    lines, losses = targets(table), loss_comparison(finished)
+    same_training = "".join(f"- {line}\n" for line in losses) or "No fast path ran beside its baseline.\n"
     if figure := loss_figure(finished):
         figure.savefig(directory / f"{stem}-loss.png", dpi=120)
         same_training += f"\n![each fast path's training loss beside its baseline's]({stem}-loss.png)\n"
@@ -336,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "## Goals\n\n" + "".join(f"- {line}\n" for line in lines) + "\n## The same training\n\n" + same_training +
         "\n## Notes\n\n" + markdown(table[["steps", "mfu_counts", "attention", "note"]]) + "\n")
     print(f"\n{shown.to_string(na_rep='', float_format=lambda v: f'{v:,.1f}')}\n")
-    print("\n".join(lines + loss_comparison(finished)))
+    print("\n".join(lines + losses))
     print(f"\ntable: {directory / stem}.md and .csv; ratios against the baselines: {directory / stem}-ratios.csv")
     return 0 if not (table["status"] == "failed").any() else 1
 
