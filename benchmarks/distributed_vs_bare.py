@@ -27,7 +27,8 @@ are read for. ``--repeats N`` runs every row and its bare loop N times, the orde
 each time (a, b, c, then c, b, a), so that neither a drift of the machine nor a position in the sequence
 passes for a difference. Each ratio is then taken within one repeat (labkit against the bare loop measured
 next to it), the CSV holds each configuration's median over the repeats (``runs``: how many), and
-``<out>.runs.csv`` every run with its ``repeat``.
+``<out>.runs.csv`` every run with its ``repeat``. ``--budget-s S`` ends the command before a row that the
+longest row so far says would end after S seconds, rather than have a time limit cut a row off half-measured.
 
 The first run on a freshly started machine can be slower than the rest (on one H200, 42 ms of GPU time for a
 step's forward and backward against 34-35 ms in the three runs after it, docs/benchmarks.md): before the rows,
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="run every row and its bare loop this many times, alternating the order")
     p.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="do not run the bare loop once, unrecorded, first")
     p.add_argument("--log", type=Path, help="also write every result as JSON lines here")
+    p.add_argument("--budget-s", type=float, help="start no row (with its bare loop) that the longest one so far says "
+                                                  "would end later than this many seconds after the start")
     args = p.parse_args(argv)
 
     import torch
@@ -169,11 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     bare: dict[tuple[str, int, int], dict] = {}  # (strategy, devices, repeat) -> the bare loop's result
     runs_dir = Path(tempfile.mkdtemp(prefix="labkit-distributed-"))
     measured: list[tuple[Row, dict]] = []
+    began, longest = time.monotonic(), 0.0  # the longest row so far, with its bare loop: what the next one may take
     if args.warm_up and gpus:
         print(f"warm-up, not recorded: bare none x1: {run_bare('none', 1, args)['samples_per_s']} samples/s", flush=True)
     for repeat in range(args.repeats):
         for row in rows if repeat % 2 == 0 else rows[::-1]:
             start = time.monotonic()
+            if args.budget_s is not None and start - began + longest > args.budget_s:
+                print(f"stopped before {row.name} (repeat {repeat + 1}): it would end past --budget-s {args.budget_s:.0f}",
+                      flush=True)
+                break
             record = run_labkit(row, common, runs_dir, args.timeout_s)
             s = record["summary"]
             devices = load(f"params/{NOTEBOOK}/{row.config}.yaml", "gpu", {**common, **row.overrides}).train.devices
@@ -190,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                                       **record, "bare": bare.get(key)}) + "\n")
                 log.flush()
             write_csv(args.out, measured, bare)  # after every row: a run stopped part-way keeps what it measured
-    print(args.out.read_text())
+            longest = max(longest, time.monotonic() - start)
+        else:
+            continue
+        break  # the budget ran out: no later repeat either
+    if args.out.is_file():
+        print(args.out.read_text())
     return 0
 
 

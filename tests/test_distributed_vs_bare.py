@@ -66,3 +66,22 @@ def test_the_in_process_ddp_row_trains_without_the_launcher(tmp_path):
     assert row.in_process and row.overrides == {"train.devices": 1} and side.parse_row("ddp1_here:train.lr=1e-4").in_process
     result = side.run_labkit(row, {"train.max_steps": 3}, tmp_path, timeout_s=600, profile="smoke")
     assert result["status"] == "ok" and result["launched"] is False and result["summary"]["steps"] == 3
+
+
+def test_a_budget_stops_before_a_row_that_would_end_past_it(tmp_path, monkeypatch, capsys):
+    """Each labkit run here takes 100 s of a made-up clock: with 250 s, a third row would end at 300 s, so the command
+    stops before it (and before a second repeat) and its CSV holds the two rows it measured."""
+    clock = [0.0]
+
+    def run_labkit(row, common, runs_dir, timeout_s):
+        clock[0] += 100.0
+        return {"status": "ok", "error": None, "summary": {"samples_per_s": 500.0}, "launched": False}
+
+    monkeypatch.setattr(side, "run_labkit", run_labkit)
+    monkeypatch.setattr(side, "run_bare", lambda strategy, devices, args: {"samples_per_s": 600.0})
+    monkeypatch.setattr(side.time, "monotonic", lambda: clock[0])
+    out = tmp_path / "out.csv"
+    assert side.main(["single", "ddp1", "fsdp", "--repeats", "2", "--budget-s", "250", "--out", str(out)]) == 0
+    with out.open() as f:
+        assert [r["configuration"] for r in csv.DictReader(f)] == ["single (1 GPU, in-process)", "ddp 1 GPU (through the launcher)"]
+    assert "stopped before fsdp (repeat 1): it would end past --budget-s 250" in capsys.readouterr().out
