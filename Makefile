@@ -53,9 +53,10 @@ slurm: setup
 	  $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(TIME),--time $(TIME)) \
 	  $(if $(CPUS),--cpus-per-task $(CPUS)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR)) $(if $(DRY_RUN),--dry-run)
 
-# Throughput of the fast paths against the baselines (PROFILE=bench on a GPU; smoke checks it runs).
+# Throughput of the fast paths against the baselines (PROFILE=bench on a GPU; smoke checks it runs); BUDGET=S: start
+# no row that would end more than S seconds after the first began.
 bench: setup
-	$(PY) -m labkit.bench --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+	$(PY) -m labkit.bench --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(BUDGET),--budget-s $(BUDGET))
 
 # Nsight Systems timeline of one configuration, NVTX phase ranges and CUDA memory use included (nsys on the PATH):
 #   make nsys CONFIG=params/02_dataloader_workers/workers_2.yaml PROFILE=gpu   -> runs/gpu/nsys/<notebook>_<config>.nsys-rep

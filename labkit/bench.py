@@ -152,14 +152,22 @@ def warm_up_gpu(seconds: float) -> float:
     return time.perf_counter() - start
 
 
-def bench(profile: str, items: list[str], steps: int | None, directory: Path) -> tuple[pd.DataFrame, dict[str, dict]]:
+def bench(profile: str, items: list[str], steps: int | None, directory: Path,
+          budget_s: float | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """Run ``items`` one after another: one table row each, and the results records of those that finished ('ok'),
-    by row name (the Trainer's run keeps none)."""
+    by row name (the Trainer's run keeps none). With ``budget_s``, a row that the longest row so far says would end
+    more than ``budget_s`` seconds after the first began is not started, and its row says so."""
     overrides = {"train.max_steps": steps} if steps else {}
     rows, finished = [], {}
+    began, longest = time.perf_counter(), 0.0
     for item in items:
-        print(f"[bench] {name_of(item)} (profile {profile})", flush=True)
         start = time.perf_counter()
+        if budget_s is not None and start - began + longest > budget_s:
+            rows.append({"configuration": name_of(item), "status": "not run",
+                         "note": f"not started: it would have ended past --budget-s {budget_s:.0f}"})
+            print(f"[bench] {name_of(item)}: not started (--budget-s {budget_s:.0f})", flush=True)
+            continue
+        print(f"[bench] {name_of(item)} (profile {profile})", flush=True)
         if item == TRAINER:
             rows.append(trainer_row(profile, steps, directory))
         else:
@@ -176,7 +184,9 @@ def bench(profile: str, items: list[str], steps: int | None, directory: Path) ->
             rows.append(record_row(record))
             if record["status"] == "ok":
                 finished[name_of(item)] = record
-        print(f"[bench] {name_of(item)}: {rows[-1]['status']} after {time.perf_counter() - start:.0f} s", flush=True)
+        took = time.perf_counter() - start
+        longest = max(longest, took)
+        print(f"[bench] {name_of(item)}: {rows[-1]['status']} after {took:.0f} s", flush=True)
     return pd.DataFrame(rows).reindex(columns=ROW).set_index("configuration"), finished
 
 
@@ -303,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="cap every configuration at this many optimizer steps")
     parser.add_argument("--runs-dir", default=str(results.RUNS_DIR))
     parser.add_argument("--warm-up-s", type=float, default=15.0, help="seconds of GPU work before the first row (0: none)")
+    parser.add_argument("--budget-s", type=float, help="start no row that the longest so far says would end later than "
+                                                       "this many seconds after the first row began; the table lists it as not run")
     args = parser.parse_args(argv)
     os.environ["LABKIT_HEADLESS"] = "1"  # plain, infrequent progress lines
     items = selected(args.only)
@@ -310,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     if warmed := warm_up_gpu(args.warm_up_s):
         print(f"[bench] GPU warmed up for {warmed:.0f} s before the first row", flush=True)
-    table, finished = bench(args.profile, items, args.steps, directory)
+    table, finished = bench(args.profile, items, args.steps, directory, args.budget_s)
     stem = "-".join(["bench", *(name.replace("/", "_") for name in args.only or [])])
     table.to_csv(directory / f"{stem}.csv")
     ratios(table).to_csv(directory / f"{stem}-ratios.csv")

@@ -136,3 +136,20 @@ def test_each_fast_path_is_held_against_its_baselines_loss(tmp_path):
     assert list(figure.axes[0].get_lines()[1].get_ydata()) == [4.1, 3.3, 2.52]
     figure.savefig(tmp_path / "loss.png")
     assert bench.loss_figure({"07/fast_path": logged(3.0)}) is None and bench.loss_comparison({}) == []
+
+
+def test_a_budget_leaves_out_the_rows_that_would_end_past_it(tmp_path, monkeypatch):
+    """Each row takes 100 s of a made-up clock: with 250 s the third would end at 300 s, so it is listed as not run."""
+    clock = [0.0]
+
+    def run(item, profile, overrides, directory):
+        clock[0] += 100.0
+
+    monkeypatch.setattr(bench, "run", run)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench.results, "read", lambda path: {**logged(3.0), "run": {"params_file": f"params/{path.parent.name}/{path.name}.yaml"},
+                                                             "params": {}, "summary": {"samples_per_s": 10.0}})
+    items = bench.selected(["01/baseline", "01/baseline_bf16", "06/r10_adamw"])
+    table, finished = bench.bench("smoke", items, None, tmp_path, budget_s=250)
+    assert list(table["status"]) == ["ok", "ok", "not run"] and list(finished) == ["01/baseline", "01/baseline_bf16"]
+    assert table.loc["06/r10_adamw", "note"] == "not started: it would have ended past --budget-s 250"
