@@ -21,8 +21,11 @@ def test_each_weight_is_drawn_from_the_same_distribution(family):
     usual = dict(auto.from_config(config).named_parameters())
     with without_default_init():
         torch.manual_seed(1)
-        once = dict(auto.from_config(config).named_parameters())
+        model = auto.from_config(config)
+    once = dict(model.named_parameters())
     assert usual.keys() == once.keys()
+    padded = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.padding_idx is not None]
+    assert all(torch.count_nonzero(m.weight[m.padding_idx]) == 0 for m in padded)  # the padding row stays zero
     for name, weight in once.items():
         assert torch.isfinite(weight).all(), name
         before = usual[name].detach().float()
