@@ -40,7 +40,6 @@ import argparse
 import csv
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -94,8 +93,10 @@ def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float, profile
             "'summary': r['summary'], 'launched': 'launch' in r}), flush=True)\n")
     env = dict(os.environ)
     if row.in_process:  # the variables torchrun sets for a rank: labkit.run then trains here instead of launching
+        from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
         env.update(LOCAL_RANK="0", RANK="0", GROUP_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(free_port()), TORCHELASTIC_RUN_ID="labkit-side-by-side")
+                   MASTER_PORT=str(find_free_network_port()), TORCHELASTIC_RUN_ID="labkit-side-by-side")
     try:
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -105,12 +106,6 @@ def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float, profile
             return json.loads(line.removeprefix("LABKIT_RESULT "))
     last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
     return {"status": "failed", "error": last[0], "summary": {}}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_bare(strategy: str, devices: int, args: argparse.Namespace) -> dict:
@@ -163,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from labkit.bench import Budget
     from labkit.config import load
 
     gpus = torch.cuda.device_count()
@@ -172,16 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     bare: dict[tuple[str, int, int], dict] = {}  # (strategy, devices, repeat) -> the bare loop's result
     runs_dir = Path(tempfile.mkdtemp(prefix="labkit-distributed-"))
     measured: list[tuple[Row, dict]] = []
-    began, longest = time.monotonic(), 0.0  # the longest row so far, with its bare loop: what the next one may take
     if args.warm_up and gpus:
         print(f"warm-up, not recorded: bare none x1: {run_bare('none', 1, args)['samples_per_s']} samples/s", flush=True)
+    budget = Budget(args.budget_s)  # a row's time includes its bare loop's
     for repeat in range(args.repeats):
         for row in rows if repeat % 2 == 0 else rows[::-1]:
-            start = time.monotonic()
-            if args.budget_s is not None and start - began + longest > args.budget_s:
+            if not budget.next_row_fits():
                 print(f"stopped before {row.name} (repeat {repeat + 1}): it would end past --budget-s {args.budget_s:.0f}",
                       flush=True)
                 break
+            start = time.monotonic()
             record = run_labkit(row, common, runs_dir, args.timeout_s)
             s = record["summary"]
             devices = load(f"params/{NOTEBOOK}/{row.config}.yaml", "gpu", {**common, **row.overrides}).train.devices
@@ -198,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                       **record, "bare": bare.get(key)}) + "\n")
                 log.flush()
             write_csv(args.out, measured, bare)  # after every row: a run stopped part-way keeps what it measured
-            longest = max(longest, time.monotonic() - start)
+            budget.row_done()
         else:
             continue
         break  # the budget ran out: no later repeat either

@@ -11,8 +11,8 @@ or single rows ('01/fast_path', 'trainer'). Records go under runs/<profile>/benc
 own; the comparison table of this run (configuration, device, samples/s, real tokens/s, MFU, peak memory,
 epoch time) goes to runs/<profile>/bench/bench.csv and bench.md (bench-<only>.* with --only), with the
 fast paths' goals below it, then each fast path's training loss against its baseline's at the same steps
-(``LOSS_BASELINES``; the curves side by side in bench-loss.png), and is printed at the end; runs/<profile>/bench/bench-ratios.csv holds one row per
-configuration with exactly the columns of ``RATIO_COLUMNS``: its samples/s, the samples/s of the row it is measured
+(``LOSS_BASELINES``; the curves side by side in bench-loss.png), and is printed at the end;
+runs/<profile>/bench/bench-ratios.csv holds one row per configuration with exactly the columns of ``RATIO_COLUMNS``: its samples/s, the samples/s of the row it is measured
 against (``BASELINES``: the step it improves on), their ratio, MFU and GPU busy in percent, and peak allocated
 memory in GB. GPU-only configurations on a CPU are recorded as skipped, with the reason.
 """
@@ -152,6 +152,25 @@ def warm_up_gpu(seconds: float) -> float:
     return time.perf_counter() - start
 
 
+class Budget:
+    """Rows run one after another within ``seconds`` (None: no limit). A row is begun only if it would end within
+    them, judged by the longest row so far, so that no row is cut off half-measured by a time limit."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.began, self.longest, self._row = seconds, time.perf_counter(), 0.0, 0.0
+
+    def next_row_fits(self) -> bool:
+        """Whether the next row, begun now, fits; its time counts from here."""
+        self._row = time.perf_counter()
+        return self.seconds is None or self._row - self.began + self.longest <= self.seconds
+
+    def row_done(self) -> float:
+        """The seconds the row just ended took."""
+        took = time.perf_counter() - self._row
+        self.longest = max(self.longest, took)
+        return took
+
+
 def bench(profile: str, items: list[str], steps: int | None, directory: Path,
           budget_s: float | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """Run ``items`` one after another: one table row each, and the results records of those that finished ('ok'),
@@ -159,10 +178,9 @@ def bench(profile: str, items: list[str], steps: int | None, directory: Path,
     more than ``budget_s`` seconds after the first began is not started, and its row says so."""
     overrides = {"train.max_steps": steps} if steps else {}
     rows, finished = [], {}
-    began, longest = time.perf_counter(), 0.0
+    budget = Budget(budget_s)
     for item in items:
-        start = time.perf_counter()
-        if budget_s is not None and start - began + longest > budget_s:
+        if not budget.next_row_fits():
             rows.append({"configuration": name_of(item), "status": "not run",
                          "note": f"not started: it would have ended past --budget-s {budget_s:.0f}"})
             print(f"[bench] {name_of(item)}: not started (--budget-s {budget_s:.0f})", flush=True)
@@ -184,9 +202,7 @@ def bench(profile: str, items: list[str], steps: int | None, directory: Path,
             rows.append(record_row(record))
             if record["status"] == "ok":
                 finished[name_of(item)] = record
-        took = time.perf_counter() - start
-        longest = max(longest, took)
-        print(f"[bench] {name_of(item)}: {rows[-1]['status']} after {took:.0f} s", flush=True)
+        print(f"[bench] {name_of(item)}: {rows[-1]['status']} after {budget.row_done():.0f} s", flush=True)
     return pd.DataFrame(rows).reindex(columns=ROW).set_index("configuration"), finished
 
 

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ["RANK"])
     status = spec_path.parent / f"rank{rank}.json"
 
+    import torch.distributed as dist
+
     from labkit import results
     from labkit.config import Config
     from labkit.launch.runner import execute
@@ -105,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         report("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     report(record["status"], error=record.get("error"))
-    import torch.distributed as dist
-
     # This rank's run is over: its communicators end here, in order, as PyTorch asks of a normal exit, rather than
     # in the interpreter's exit (where NCCL warns that the process group was not destroyed).
     if record["status"] == "ok" and dist.is_initialized():

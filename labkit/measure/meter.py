@@ -95,7 +95,7 @@ class Meter:
         # With model.compile: compilations during training and inside the steady state, where each one's seconds
         # land in the measured throughput (a shape first met late, a guard that fails).
         self.compiling = cfg.model.compile
-        self._compiled = self.steady_compiled = 0
+        self._compiled = self._window_compiled = self.steady_compiled = 0
         self.train_time = self.steady_seconds = 0.0
         self.windows: list[tuple[float, float]] = []  # perf_counter (start, stop) of each steady stretch
         self._window: tuple[float, int] | None = None  # (start, samples) of the open stretch
