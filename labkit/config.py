@@ -102,6 +102,9 @@ class DataConfig(_Section):
     context_length: Literal["short", "squad"] = "short"  # embedded SQuAD: 'squad' gives SQuAD's feature lengths
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
+    # Copy each training batch to the GPU on a stream of its own, one batch ahead (labkit.train.device_batches):
+    # the training stream then never waits for a copy from pageable memory, which first drains it
+    copy_stream: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = Field(None, gt=0)
     on_gpu: bool = False  # hold the whole data set on the GPU and augment there (cifar_resnext)

@@ -11,13 +11,14 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.plugins import MixedPrecision
 from lightning.fabric.plugins.environments import TorchElasticEnvironment
 from lightning.fabric.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -153,12 +154,11 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
     with meter.training(model, optimizer, total_steps):
         for epoch in range(t.epochs):
             model.train()
-            batches = iter(train_loader)
+            batches = device_batches(train_loader, fabric, cfg.data.copy_stream)
             with meter.epoch():
                 for micro in range(micro_steps):
-                    with meter.phase("data"):
+                    with meter.phase("data"):  # the loader's time, and issuing the next batch's copy
                         batch = next(batches)
-                    batch = fabric.to_device(batch)  # outside the data phase: 'data' is the loader's time alone
                     accumulating = (micro + 1) % t.grad_accum != 0
                     # DDP all-reduces the gradients in the last micro-batch's backward only
                     with fabric.no_backward_sync(model, enabled=accumulating):
@@ -238,10 +238,43 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
 
 def make_loaders(cfg: Config, task: Task, fabric: Fabric) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders. Under several ranks every sampler is sharded (a task's own sampler
-    too), so each sample is seen once an epoch. The loop moves each training batch to the device itself."""
+    too), so each sample is seen once an epoch. The loop moves each training batch to the device itself
+    (device_batches)."""
     train = make_loader(cfg, task.train_set, task.collate_fn, True, task.train_sampler)
     val = make_loader(cfg, task.val_set, task.collate_fn, False)
     return fabric.setup_dataloaders(train, move_to_device=False), fabric.setup_dataloaders(val)
+
+
+def device_batches(loader: Iterable, fabric: Fabric, copy_stream: bool) -> Iterator[Any]:
+    """The loader's batches on the device. With ``copy_stream`` on a GPU, each one's copy is issued while the step
+    before it runs, on a stream of its own. A copy from pageable host memory first waits for the work already queued
+    on its stream (CUDA's rule for staging it through pinned memory); on the training stream that is the whole
+    previous step, so the GPU would idle while the host launches the next. The training stream waits for the
+    copy alone."""
+    if not copy_stream or fabric.device.type != "cuda":
+        yield from (fabric.to_device(batch) for batch in loader)
+        return
+    copies = torch.cuda.Stream(fabric.device)
+
+    def issue(batch: Any) -> tuple[Any, torch.cuda.Event]:
+        with torch.cuda.stream(copies):
+            return fabric.to_device(batch), copies.record_event()
+
+    def ready(batch: Any, copied: torch.cuda.Event) -> Any:
+        training = torch.cuda.current_stream(fabric.device)
+        training.wait_event(copied)
+        # Memory allocated on the copy stream is reused only once the training stream is done with it too.
+        apply_to_collection(batch, torch.Tensor, lambda t: t.record_stream(training))
+        return batch
+
+    pending = None
+    for batch in loader:
+        issued = issue(batch)
+        if pending is not None:
+            yield ready(*pending)
+        pending = issued
+    if pending is not None:
+        yield ready(*pending)
 
 
 def count_steps(cfg: Config, batches: int, samples: int) -> int:

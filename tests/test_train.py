@@ -2,13 +2,14 @@
 import gzip
 import json
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from labkit.config import Config
 from labkit.tasks import Task
-from labkit.train import fit, make_fabric
+from labkit.train import device_batches, fit, make_fabric
 
 
 def blobs(n: int, seed: int) -> TensorDataset:
@@ -84,3 +85,27 @@ def test_fp16_on_a_cpu_is_fp16_autocast_with_a_cpu_gradient_scaler():
     with fabric.autocast():
         assert model.module[0](torch.randn(2, 16)).dtype == torch.float16
     assert fit(cfg, task, fabric)["summary"]["steps"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the copy stream is a GPU's")
+def test_device_batches_copy_on_their_own_stream_and_arrive_whole_and_in_order():
+    """On a GPU each batch is copied on a stream of its own, one batch ahead; the training stream waits for it,
+    so a batch read there holds what the loader gave, in the loader's order, while the training stream is busy."""
+    cfg, _ = make()
+    fabric = make_fabric(cfg.model_copy(update={"train": cfg.train.model_copy(update={"accelerator": "cuda"})}))
+    loader = [{"x": torch.full((256, 1024), float(i)), "i": torch.tensor(i)} for i in range(20)]
+    busy = torch.randn(4096, 4096, device=fabric.device)
+    seen = []
+    for batch in device_batches(loader, fabric, copy_stream=True):
+        for _ in range(4):
+            busy = busy @ busy / 64  # keeps the training stream queued while the next copy runs
+        seen.append((int(batch["i"]), float(batch["x"].mean()), batch["x"].device.type))
+    assert seen == [(i, float(i), "cuda") for i in range(20)]
+
+
+def test_device_batches_off_a_gpu_are_the_loaders_batches():
+    cfg, task = make(accelerator="cpu")
+    fabric = make_fabric(cfg)
+    loader = [(task.train_set.tensors[0][i: i + 4], task.train_set.tensors[1][i: i + 4]) for i in (0, 4, 8)]
+    got = list(device_batches(loader, fabric, copy_stream=True))
+    assert len(got) == 3 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, loader))
