@@ -154,11 +154,15 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
     with meter.training(model, optimizer, total_steps):
         for epoch in range(t.epochs):
             model.train()
-            batches = device_batches(train_loader, fabric, cfg.data.copy_stream)
+            copying = cfg.data.copy_stream and fabric.device.type == "cuda"
+            batches = device_batches(train_loader, fabric) if copying else iter(train_loader)
             with meter.epoch():
                 for micro in range(micro_steps):
-                    with meter.phase("data"):  # the loader's time, and issuing the next batch's copy
+                    with meter.phase("data"):  # the loader's time (with data.copy_stream, issuing the next copy too)
                         batch = next(batches)
+                    # Outside the data phase: a copy from pageable memory first waits for the GPU's queue, which is
+                    # the previous step's work, not the loader's. A batch already on the device stays where it is.
+                    batch = fabric.to_device(batch)
                     accumulating = (micro + 1) % t.grad_accum != 0
                     # DDP all-reduces the gradients in the last micro-batch's backward only
                     with fabric.no_backward_sync(model, enabled=accumulating):
@@ -239,21 +243,18 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
 def make_loaders(cfg: Config, task: Task, fabric: Fabric) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders. Under several ranks every sampler is sharded (a task's own sampler
     too), so each sample is seen once an epoch. The loop moves each training batch to the device itself
-    (device_batches)."""
+    (with data.copy_stream, on a stream of its own: device_batches)."""
     train = make_loader(cfg, task.train_set, task.collate_fn, True, task.train_sampler)
     val = make_loader(cfg, task.val_set, task.collate_fn, False)
     return fabric.setup_dataloaders(train, move_to_device=False), fabric.setup_dataloaders(val)
 
 
-def device_batches(loader: Iterable, fabric: Fabric, copy_stream: bool) -> Iterator[Any]:
-    """The loader's batches on the device. With ``copy_stream`` on a GPU, each one's copy is issued while the step
-    before it runs, on a stream of its own. A copy from pageable host memory first waits for the work already queued
-    on its stream (CUDA's rule for staging it through pinned memory); on the training stream that is the whole
-    previous step, so the GPU would idle while the host launches the next. The training stream waits for the
-    copy alone."""
-    if not copy_stream or fabric.device.type != "cuda":
-        yield from (fabric.to_device(batch) for batch in loader)
-        return
+def device_batches(loader: Iterable, fabric: Fabric) -> Iterator[Any]:
+    """The loader's batches on the GPU, each one's copy issued while the step before it runs, on a stream of its
+    own (data.copy_stream). A copy from pageable host memory first waits for the work already queued on its
+    stream (CUDA's rule for staging it through pinned memory); on the training stream that is the whole previous
+    step, so a step replayed as CUDA graphs would wait for its predecessor before it is even launched. The
+    training stream waits for the copy alone."""
     copies = torch.cuda.Stream(fabric.device)
 
     def issue(batch: Any) -> tuple[Any, torch.cuda.Event]:

@@ -19,9 +19,10 @@ def blobs(n: int, seed: int) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def make(**train) -> tuple[Config, Task]:
+def make(data: dict | None = None, **train) -> tuple[Config, Task]:
     cfg = Config.model_validate({"task": "cifar_resnext", "train": {"epochs": 2, "batch_size": 32, "lr": 0.05,
-                                 "optimizer": "sgd_momentum", "log_every": 2, **train}, "measure": {"warmup_steps": 2}})
+                                 "optimizer": "sgd_momentum", "log_every": 2, **train}, "measure": {"warmup_steps": 2},
+                                 "data": data or {}})
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
     seen = []
@@ -96,16 +97,18 @@ def test_device_batches_copy_on_their_own_stream_and_arrive_whole_and_in_order()
     loader = [{"x": torch.full((256, 1024), float(i)), "i": torch.tensor(i)} for i in range(20)]
     busy = torch.randn(4096, 4096, device=fabric.device)
     seen = []
-    for batch in device_batches(loader, fabric, copy_stream=True):
+    for batch in device_batches(loader, fabric):
         for _ in range(4):
             busy = busy @ busy / 64  # keeps the training stream queued while the next copy runs
         seen.append((int(batch["i"]), float(batch["x"].mean()), batch["x"].device.type))
     assert seen == [(i, float(i), "cuda") for i in range(20)]
 
 
-def test_device_batches_off_a_gpu_are_the_loaders_batches():
-    cfg, task = make(accelerator="cpu")
-    fabric = make_fabric(cfg)
-    loader = [(task.train_set.tensors[0][i: i + 4], task.train_set.tensors[1][i: i + 4]) for i in (0, 4, 8)]
-    got = list(device_batches(loader, fabric, copy_stream=True))
-    assert len(got) == 3 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, loader))
+
+def test_the_copy_stream_setting_leaves_training_on_a_cpu_as_it_was():
+    """data.copy_stream is a GPU's; on a CPU the loop trains exactly as without it."""
+    losses = []
+    for copy_stream in (False, True):
+        cfg, task = make({"copy_stream": copy_stream}, accelerator="cpu")
+        losses.append([loss for _, _, loss in fit(cfg, task, make_fabric(cfg))["curves"]["train_loss"]])
+    assert losses[0] == losses[1] and len(losses[0]) > 3
