@@ -128,7 +128,8 @@ def test_each_fast_path_is_held_against_its_baselines_loss(tmp_path):
                "07/fast_path": logged(3.0)}  # its baseline did not run: no line
     packed, gpt2 = bench.loss_comparison(records)
     assert packed == ("01/fast_path_packed: training loss 2.520 at step 60 against 01/baseline_bf16's 2.500; the two curves "
-                      "differ by at most 10.0% at the 3 steps both logged")  # step 40: 3.3 against 3.0
+                      "differ by at most 0.300 at the 3 steps both logged, 7.5% of 01/baseline_bf16's first logged "
+                      "loss (4.000)")  # step 40: 3.3 against 3.0
     assert gpt2.startswith("06/fast_path: training loss 7.500 at step 40 against 06/r10_adamw's 7.300") and "the 1 steps" in gpt2
     figure = bench.loss_figure(records)
     assert [ax.get_title() for ax in figure.axes] == ["01/fast_path_packed\nNVIDIA H200", "06/fast_path\nNVIDIA H200"]
@@ -136,6 +137,15 @@ def test_each_fast_path_is_held_against_its_baselines_loss(tmp_path):
     assert list(figure.axes[0].get_lines()[1].get_ydata()) == [4.1, 3.3, 2.52]
     figure.savefig(tmp_path / "loss.png")
     assert bench.loss_figure({"07/fast_path": logged(3.0)}) is None and bench.loss_comparison({}) == []
+
+
+def test_two_curves_near_zero_are_compared_on_their_own_scale():
+    """ResNeXt's losses approach zero on the generated images: 0.044 against 0.033 is a small gap on a curve that
+    began at 2.3, not a 33% one."""
+    line, = bench.loss_comparison({"03/resnext_bf16_channels_last": logged(2.3, 0.5, 0.033),
+                                   "03/fast_path": logged(2.31, 0.52, 0.044)})
+    assert line.endswith("differ by at most 0.020 at the 3 steps both logged, 0.9% of "
+                         "03/resnext_bf16_channels_last's first logged loss (2.300)")
 
 
 def test_a_budget_leaves_out_the_rows_that_would_end_past_it(tmp_path, monkeypatch):
