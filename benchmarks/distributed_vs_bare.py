@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="run every row and its bare loop this many times, alternating the order")
     p.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="do not run the bare loop once, unrecorded, first")
     p.add_argument("--log", type=Path, help="also write every result as JSON lines here")
+    p.add_argument("--runs-dir", type=Path, help="keep labkit's records, and the traces of their profiled steps "
+                   "(benchmarks/trace_gaps.py reads them), here; default: a temporary folder")
     p.add_argument("--budget-s", type=float, help="start no row (with its bare loop) that the longest one so far says "
                                                   "would end later than this many seconds after the start")
     args = p.parse_args(argv)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.rows or ROWS
     log = args.log.open("a") if args.log else None
     bare: dict[tuple[str, int, int], dict] = {}  # (strategy, devices, repeat) -> the bare loop's result
-    runs_dir = Path(tempfile.mkdtemp(prefix="labkit-distributed-"))
+    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="labkit-distributed-"))
     measured: list[tuple[Row, dict]] = []
     if args.warm_up and gpus:
         print(f"warm-up, not recorded: bare none x1: {run_bare('none', 1, args)['samples_per_s']} samples/s", flush=True)
