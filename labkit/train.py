@@ -151,10 +151,10 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
         val_time += time.perf_counter() - start  # validate() ends on .item(): the device has finished
         best = keep_if_best(t, model, meter, best)
 
+    copying = cfg.data.copy_stream and fabric.device.type == "cuda"
     with meter.training(model, optimizer, total_steps):
         for epoch in range(t.epochs):
             model.train()
-            copying = cfg.data.copy_stream and fabric.device.type == "cuda"
             batches = device_batches(train_loader, fabric) if copying else iter(train_loader)
             with meter.epoch():
                 for micro in range(micro_steps):

@@ -92,8 +92,8 @@ def test_fp16_on_a_cpu_is_fp16_autocast_with_a_cpu_gradient_scaler():
 def test_device_batches_copy_on_their_own_stream_and_arrive_whole_and_in_order():
     """On a GPU each batch is copied on a stream of its own, one batch ahead; the training stream waits for it,
     so a batch read there holds what the loader gave, in the loader's order, while the training stream is busy."""
-    cfg, _ = make()
-    fabric = make_fabric(cfg.model_copy(update={"train": cfg.train.model_copy(update={"accelerator": "cuda"})}))
+    cfg, _ = make(accelerator="cuda")
+    fabric = make_fabric(cfg)
     loader = [{"x": torch.full((256, 1024), float(i)), "i": torch.tensor(i)} for i in range(20)]
     busy = torch.randn(4096, 4096, device=fabric.device)
     seen = []
@@ -102,7 +102,6 @@ def test_device_batches_copy_on_their_own_stream_and_arrive_whole_and_in_order()
             busy = busy @ busy / 64  # keeps the training stream queued while the next copy runs
         seen.append((int(batch["i"]), float(batch["x"].mean()), batch["x"].device.type))
     assert seen == [(i, float(i), "cuda") for i in range(20)]
-
 
 
 def test_the_copy_stream_setting_leaves_training_on_a_cpu_as_it_was():
