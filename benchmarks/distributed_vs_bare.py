@@ -40,6 +40,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="do not run the bare loop once, unrecorded, first")
     p.add_argument("--log", type=Path, help="also write every result as JSON lines here")
     p.add_argument("--runs-dir", type=Path, help="keep labkit's records, and the traces of their profiled steps "
-                   "(benchmarks/trace_gaps.py reads them), here; default: a temporary folder")
+                   "(benchmarks/trace_gaps.py reads them), here, in a folder per row and repeat (<row>-<repeat>); "
+                   "default: a temporary folder")
     p.add_argument("--budget-s", type=float, help="start no row (with its bare loop) that the longest one so far says "
                                                   "would end later than this many seconds after the start")
     args = p.parse_args(argv)
@@ -180,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 break
             start = time.monotonic()
-            record = run_labkit(row, common, runs_dir, args.timeout_s)
+            # A folder per row and repeat: rows of one configuration (ddp1, ddp1_here) would replace each other's trace.
+            folder = runs_dir / re.sub(r"[^\w.-]+", "_", f"{row.key}-{repeat + 1}")
+            record = run_labkit(row, common, folder, args.timeout_s)
             s = record["summary"]
             devices = load(f"params/{NOTEBOOK}/{row.config}.yaml", "gpu", {**common, **row.overrides}).train.devices
             print(f"{row.name}: {record['status']} {s.get('samples_per_s', float('nan')):.1f} samples/s "

@@ -5,8 +5,11 @@
 For each trace (labkit writes one for its profiled steps, ``measure.profile_steps``; the bare loops write one
 with ``--trace``): GPU work (kernels, copies, sets) over the span from the first to the last, the idle gaps
 longer than ``--min-gap-us``, and for the longest gaps the CPU operator that launched the work after the gap
-(the host was late) and any host call that blocked while the GPU sat idle (a synchronisation). One JSON line
-per trace, then the longest gaps.
+(the host was late) and any host call that blocked while the GPU sat idle (a synchronisation). Then the host
+side: on the thread that launched most of the GPU work, the share of the span its operators covered and the
+median time of its most frequent operators, which tells a host that is slower at everything (another core, a
+slower clock, a thread holding the interpreter) from one that does more. One JSON line per trace, then the
+longest gaps.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import bisect
 import gzip
 import json
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -69,7 +73,28 @@ def analyse(events: list[dict], min_gap_us: float = 20.0, top: int = 10) -> dict
             "idle_ms": round((span - busy) / 1e3, 2), "gaps_over_min": len(gaps),
             "idle_in_gaps_ms": round(sum(g[0] for g in gaps) / 1e3, 2),
             "blocking_host_calls_ms": {k: round(v / 1e3, 2) for k, v in by_call.most_common(8)},
-            "longest_gaps": longest}
+            "host": host_side(ops, runtime, gpu[0]["ts"], end), "longest_gaps": longest}
+
+
+def host_side(ops: list[dict], runtime: list[dict], start: float, end: float, common: int = 6) -> dict:
+    """On the thread that made most runtime calls: the share of [start, end] covered by its operators, how many
+    operators it ran, and the median microseconds of its ``common`` most frequent ones."""
+    threads = Counter(e.get("tid") for e in runtime)
+    if not threads:
+        return {}
+    tid = threads.most_common(1)[0][0]
+    mine = [e for e in ops if e.get("tid") == tid and e["ts"] < end and e["ts"] + e["dur"] > start]
+    covered, reach = 0.0, start
+    for e in mine:  # sorted by start: the union of the operators' intervals, nested ones counted once
+        lo, hi = max(e["ts"], reach), min(e["ts"] + e["dur"], end)
+        if hi > lo:
+            covered, reach = covered + hi - lo, hi
+    durations: dict[str, list[float]] = {}
+    for e in mine:
+        durations.setdefault(e["name"], []).append(e["dur"])
+    frequent = sorted(durations.items(), key=lambda kv: len(kv[1]), reverse=True)[:common]
+    return {"operators": len(mine), "busy": round(covered / (end - start), 4) if end > start else None,
+            "median_us": {name: round(statistics.median(d), 1) for name, d in frequent}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,3 +85,19 @@ def test_a_budget_stops_before_a_row_that_would_end_past_it(tmp_path, monkeypatc
     with out.open() as f:
         assert [r["configuration"] for r in csv.DictReader(f)] == ["single (1 GPU, in-process)", "ddp 1 GPU (through the launcher)"]
     assert "stopped before fsdp (repeat 1): it would end past --budget-s 250" in capsys.readouterr().out
+
+
+def test_each_row_and_repeat_keeps_its_records_in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """ddp1 and ddp1_here run the same configuration: in one folder the second would replace the first's trace."""
+    folders = []
+
+    def run_labkit(row, common, runs_dir, timeout_s):
+        folders.append(runs_dir)
+        return {"status": "ok", "error": None, "summary": {"samples_per_s": 500.0}, "launched": False}
+
+    monkeypatch.setattr(side, "run_labkit", run_labkit)
+    monkeypatch.setattr(side, "run_bare", lambda strategy, devices, args: {"samples_per_s": 600.0})
+    side.main(["ddp1", "ddp1_here:measure.nvtx=false", "--repeats", "2", "--runs-dir", str(tmp_path),
+               "--out", str(tmp_path / "out.csv")])
+    assert [f.relative_to(tmp_path).as_posix() for f in folders] == [
+        "ddp1-1", "ddp1_here_nvtx_False-1", "ddp1_here_nvtx_False-2", "ddp1-2"]

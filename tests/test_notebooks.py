@@ -21,6 +21,19 @@ def test_notebook_is_committed_without_outputs_and_with_one_parameters_cell(path
     assert "profile" in "".join(tagged[0]["source"])
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_reads_every_name_of_the_parameters_cell(path):
+    """papermill parses each line of the cell to learn its names; a line it cannot parse (an '=' inside the comment
+    once did) loses that name, and every run then warns 'Passed unknown parameter'."""
+    import papermill
+
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    assigned = {line.split("=", 1)[0].strip() for line in "".join(cell["source"]).splitlines()
+                if "=" in line.split("#", 1)[0]}
+    assert set(papermill.inspect_notebook(str(path))) == assigned
+
+
 def test_every_numbered_notebook_with_params_has_its_folder():
     for path in NOTEBOOKS:
         if path.stem != "08_report":

@@ -35,3 +35,12 @@ def test_busy_share_gaps_and_their_causes(tmp_path):
     assert second["gap_us"] == 50.0 and second["host_blocked_in"] == ["cudaStreamSynchronize 80us"]
     assert result["blocking_host_calls_ms"] == {"cudaStreamSynchronize": 0.08}
     assert trace_gaps.analyse(trace_gaps.load(path), min_gap_us=60)["gaps_over_min"] == 1
+
+
+def test_host_side_of_the_launching_thread(tmp_path):
+    path = tmp_path / "t.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": _trace()}, f)
+    host = trace_gaps.analyse(trace_gaps.load(path))["host"]
+    # Thread 1 made every runtime call; its one operator, aten::add (1200-1260 us), covers 60 of the 1300 us.
+    assert host == {"operators": 1, "busy": round(60 / 1300, 4), "median_us": {"aten::add": 60.0}}
