@@ -5,7 +5,8 @@
 Every row is a notebook 05 configuration run by ``labkit.run`` in a process of its own, as the notebook
 runs it (in-process for one device and DataParallel, through labkit's launcher for ddp, fsdp and
 deepspeed; ``ddp1_here`` is ddp on one GPU in labkit.run's own process, given the variables torchrun would
-set, so that ``single``, ``ddp1_here`` and ``ddp1`` part DDP's wrapper from the launched process), beside the bare loop of the same strategy (``benchmarks/bare_distributed.py``, run with
+set, and ``ddp1_torchrun`` the same process started by a plain torchrun instead, so that ``single``,
+``ddp1_here``, ``ddp1_torchrun`` and ``ddp1`` part DDP's wrapper, torchrun and labkit's launcher), beside the bare loop of the same strategy (``benchmarks/bare_distributed.py``, run with
 torchrun on labkit's own first batches). Columns:
 
 * ``samples_per_s``: labkit's steady-state figure from its results record; ``bare_samples_per_s``: the
@@ -69,6 +70,7 @@ class Row:
     bare: str | None  # bare_distributed.py --strategy for the same work, or None (no bare equivalent)
     overrides: dict = field(default_factory=dict)
     in_process: bool = False  # a one-rank ddp run in labkit.run's own process, as if torchrun had started it
+    torchrun: bool = False  # that process started by torchrun itself (no labkit launcher, no labkit worker)
 
 
 ROWS = [
@@ -77,6 +79,7 @@ ROWS = [
     # The same DDP-wrapped model on one GPU without the launcher: against ddp1 it shows what the launched process costs,
     # against single what DistributedDataParallel's wrapper costs on one rank.
     Row("ddp1_here", "ddp 1 GPU (in-process)", "ddp", "none", {"train.devices": 1}, in_process=True),
+    Row("ddp1_torchrun", "ddp 1 GPU (plain torchrun)", "ddp", "none", {"train.devices": 1}, torchrun=True),
     Row("ddp", "ddp", "ddp", "ddp"),
     Row("fsdp", "fsdp", "fsdp", "fsdp"),
     Row("dp", "dp (DataParallel)", "dp", None),
@@ -98,8 +101,11 @@ def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float, profile
 
         env.update(LOCAL_RANK="0", RANK="0", GROUP_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(find_free_network_port()), TORCHELASTIC_RUN_ID="labkit-side-by-side")
+    argv = [sys.executable, "-c", code]
+    if row.torchrun:  # torchrun sets a rank's variables, so labkit.run trains in the process torchrun starts
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "--no-python", *argv]
     try:
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"status": "timed out", "error": f"still running after {timeout_s:.0f} s", "summary": {}}
     for line in out.stdout.splitlines():
@@ -135,7 +141,7 @@ def parse_row(text: str) -> Row:
     overrides = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs.split(","))}
     label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
     return Row(f"{base.key}+{label}", f"{base.name} [{label}]", base.config, base.bare, {**base.overrides, **overrides},
-               base.in_process)
+               base.in_process, base.torchrun)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,7 +120,10 @@ class DataConfig(_Section):
     # t5_qa GSM8K target: the worked solution, or the final number alone (the original lab 07's target)
     gsm8k_target: Literal["solution", "final_number"] = "solution"
     drop_duplicate_contexts: bool = False  # t5_qa bioqa: one question per distinct context (the original lab 07)
-    # Hold out this random share (seed train.seed) of the training split for validation instead of the source's
+    # Seed of the generated (embedded) data sets and of held-out validation splits; None: train.seed. Fixing it lets
+    # train.seed vary initialisation, order and augmentation alone, over the same data (a run's noise).
+    seed: int | None = None
+    # Hold out this random share (seed Config.data_seed) of the training split for validation instead of the source's
     # own validation split, as the original lab 07 did (5%); None: the source's split
     val_fraction: float | None = Field(None, gt=0, lt=1)
 
@@ -317,6 +320,11 @@ class Config(_Section):
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     simcls: SimclsConfig = Field(default_factory=SimclsConfig)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of generated data sets and held-out splits: data.seed, else train.seed."""
+        return self.train.seed if self.data.seed is None else self.data.seed
 
     @model_validator(mode="after")
     def _check_task_options(self) -> "Config":

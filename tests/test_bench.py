@@ -163,3 +163,34 @@ def test_a_budget_leaves_out_the_rows_that_would_end_past_it(tmp_path, monkeypat
     table, finished = bench.bench("smoke", items, None, tmp_path, budget_s=250)
     assert list(table["status"]) == ["ok", "ok", "not run"] and list(finished) == ["01/baseline", "01/baseline_bf16"]
     assert table.loc["06/r10_adamw", "note"] == "not started: it would have ended past --budget-s 250"
+
+
+def test_a_fast_paths_curve_is_judged_against_its_baselines_noise():
+    """The ResNeXt baseline again with another train.seed over the same data: its curve strays from the first by
+    at most 0.4 (step 40), so a fast path 0.3 away is within that noise and one 0.6 away is not."""
+    base, again = logged(2.3, 1.0, 0.1), logged(2.3, 1.4, 0.2)
+    within, = bench.loss_comparison({"03/resnext_bf16_channels_last": base, "03/resnext_bf16_channels_last@seed=1": again,
+                                     "03/fast_path": logged(2.3, 1.3, 0.1)})
+    outside, = bench.loss_comparison({"03/resnext_bf16_channels_last": base, "03/resnext_bf16_channels_last@seed=1": again,
+                                      "03/fast_path": logged(2.3, 1.6, 0.1)})
+    assert within.endswith("differs from 03/resnext_bf16_channels_last by at most 0.400 at the same steps: the fast "
+                           "path's curve is within that noise")
+    assert outside.endswith("the fast path's curve is outside that noise")
+    figure = bench.loss_figure({"03/resnext_bf16_channels_last": base, "03/resnext_bf16_channels_last@seed=1": again,
+                                "03/fast_path": logged(2.3, 1.3, 0.1)})
+    assert [(line.get_label(), line.get_linestyle()) for line in figure.axes[0].get_lines()] == [
+        ("03/resnext_bf16_channels_last", "-"), ("03/resnext_bf16_channels_last@seed=1", "--"), ("03/fast_path", "-")]
+
+
+def test_a_seed_item_reruns_its_configuration_with_another_seed_over_the_same_data(tmp_path, monkeypatch):
+    ran = []
+
+    def run(file, profile, overrides, directory):
+        ran.append((file, overrides, directory))
+
+    monkeypatch.setattr(bench, "run", run)
+    monkeypatch.setattr(bench.results, "read", lambda path: {**logged(3.0), "run": {"params_file": "params/03_mixed_precision/resnext_bf16_channels_last.yaml"},
+                                                             "params": {}, "summary": {"samples_per_s": 10.0}})
+    table, finished = bench.bench("smoke", bench.selected(["03/resnext_bf16_channels_last@seed=1"]), None, tmp_path)
+    assert ran == [("params/03_mixed_precision/resnext_bf16_channels_last.yaml", {"train.seed": 1, "data.seed": 0}, tmp_path / "seed1")]
+    assert list(table.index) == list(finished) == ["03/resnext_bf16_channels_last@seed=1"]

@@ -101,3 +101,12 @@ def test_each_row_and_repeat_keeps_its_records_in_a_folder_of_its_own(tmp_path, 
                "--out", str(tmp_path / "out.csv")])
     assert [f.relative_to(tmp_path).as_posix() for f in folders] == [
         "ddp1-1", "ddp1_here_nvtx_False-1", "ddp1_here_nvtx_False-2", "ddp1-2"]
+
+
+def test_the_plain_torchrun_row_trains_in_the_process_torchrun_starts(tmp_path):
+    """ddp1_torchrun: labkit.run under torchrun itself (gloo on a CPU): it trains in that process, not through
+    labkit's launcher, so that a GPU run can tell torchrun's cost from the launcher's."""
+    row = side.parse_row("ddp1_torchrun")
+    assert row.torchrun and not row.in_process and side.parse_row("ddp1_torchrun:train.lr=1e-4").torchrun
+    result = side.run_labkit(row, {"train.max_steps": 3}, tmp_path, timeout_s=600, profile="smoke")
+    assert result["status"] == "ok" and result["launched"] is False and result["summary"]["steps"] == 3

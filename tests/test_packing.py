@@ -88,7 +88,7 @@ def test_packed_row_positions_labels_and_counts():
 @pytest.mark.parametrize("multiple", [1, 16, 23, 64])
 def test_padding_segment_fixes_the_rows_shape_and_changes_nothing_trained(multiple):
     """The row is padded to a multiple by one segment of its own: always one, never empty, never counted, never in
-    the loss. 64 is longer than any feature: the kernel's bound on a segment's length grows with it."""
+    the loss. 64 is longer than any feature: attention cuts that padding into pieces of the features' bound."""
     model = tiny_bert()
     model.set_attn_implementation(packing.register())
     pack = packing.Packing(multiple=multiple, max_length=WIDTH)
@@ -98,7 +98,7 @@ def test_padding_segment_fixes_the_rows_shape_and_changes_nothing_trained(multip
         width, cu = row["input_ids"].shape[1], row["cu_seq_lens_q"]
         assert width % multiple == 0 and width - multiple <= sum(lengths) < width
         assert cu.tolist()[:-1] == [0, *itertools.accumulate(lengths)] and int(cu[-1]) == width
-        assert (row["input_ids"][0, sum(lengths):] == 0).all() and row["max_length_q"] == max(WIDTH, multiple)
+        assert (row["input_ids"][0, sum(lengths):] == 0).all() and row["max_length_q"] == WIDTH
         assert batch_size_of(row) == len(lengths) and int(real_tokens_of(row)) == sum(lengths)
         loss, grads = loss_and_grads(model, row)
         padded_loss, padded_grads = loss_and_grads(model, default_collate(batch))
@@ -107,6 +107,35 @@ def test_padding_segment_fixes_the_rows_shape_and_changes_nothing_trained(multip
             assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-4), name
     # A row whose features fill a whole multiple still gets its padding segment: a whole multiple of it.
     assert packing.Packing(multiple=8, max_length=WIDTH)(features([5, 3]))["cu_seq_lens_q"].tolist() == [0, 5, 8, 16]
+
+
+def test_attention_cuts_the_padding_into_pieces_no_longer_than_the_bound():
+    """Features of 5, 3 and 9 tokens, then 23 of padding, bound 8, padding of at most 40: the kernel gets the
+    features' segments, then the padding as 8 + 8 + 7 tokens and two empty pieces (40 tokens would need five)."""
+    cu = torch.tensor([0, 5, 8, 17, 40], dtype=torch.int32)
+    assert packing.attention_segments(cu, 8, 40).tolist() == [0, 5, 8, 17, 25, 33, 40, 40, 40]
+    assert packing.attention_segments(torch.tensor([0, 39, 40]), 8, 40).tolist() == [0, 39, 40, 40, 40, 40, 40]
+    assert packing.attention_segments(torch.tensor([0, 39, 40]), 8, 3).tolist() == [0, 39, 40]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and packing.varlen_attn is not None), reason="the varlen kernel needs CUDA")
+def test_varlen_kernel_with_the_padding_in_pieces_equals_a_block_mask():
+    """On the GPU: the flash kernel, given the padding in pieces (empty ones too), attends as SDPA with a block-diagonal
+    mask over the features' segments, and every gradient is finite (the padding's own too)."""
+    torch.manual_seed(0)
+    lengths, bound, tokens, heads, dim = [300, 17, 384, 120], 384, 2048, 4, 64
+    cu = torch.tensor([0, *itertools.accumulate(lengths), tokens], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(1, heads, tokens, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    out, _ = packing.packed_attention(torch.nn.Module(), q, k, v, None, cu_seq_lens_q=cu, max_length_q=bound,
+                                      max_padding=tokens)
+    segments = packing.segment_ids(cu, tokens)
+    mask = segments[:, None] == segments[None, :]
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).transpose(1, 2)
+    real = sum(lengths)
+    assert torch.allclose(out[0, :real].float(), want[0, :real], atol=2e-2)
+    out[0, :real].float().pow(2).sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert (q.grad[0, :, real:] == 0).all()  # the padding's outputs were not read
 
 
 def test_segments_and_segment_logsumexp():
@@ -261,7 +290,9 @@ def test_rows_of_a_fixed_length_train_as_the_padded_batch():
         batch = features(lengths)
         row = pack(batch)
         assert row["input_ids"].shape == (1, 160) and row["cu_seq_lens_q"].tolist()[-2:] == [sum(lengths), 160]
-        assert row["max_length_q"] >= int(row["cu_seq_lens_q"].diff().max())  # the kernel's bound holds the padding too
+        # The kernel's bound holds every feature, and every piece of the padding as attention cuts it.
+        pieces = packing.attention_segments(row["cu_seq_lens_q"], row["max_length_q"], row["max_padding"])
+        assert row["max_length_q"] == WIDTH >= int(pieces.diff().max())  # the second row pads 113 tokens
         assert batch_size_of(row) == 6 and int(real_tokens_of(row)) == sum(lengths)
         loss, grads = loss_and_grads(model, row)
         padded_loss, padded_grads = loss_and_grads(model, default_collate(batch))

@@ -9,7 +9,7 @@
   segment of padding that lengthens the row to a multiple of ``multiple``. Position ids restart at 0 for
   each feature, label positions are moved to where the feature now starts, and ``cu_seq_lens_q/k`` and
   ``max_length_q/k`` (the keyword arguments transformers' flash-attention integration and
-  ``DataCollatorWithFlattening`` use) say where each segment begins. The padding is what lets a compiled
+  ``DataCollatorWithFlattening`` use) say where each segment begins; ``max_padding`` bounds the padding segment. The padding is what lets a compiled
   model replay CUDA graphs: the row takes one length (``row_tokens``, batches from ``TokenBudgetSampler``)
   or one of a few, ``cu_seq_lens`` always has batch + 2
   entries and ``max_length_q/k`` are a fixed bound, so each row length is one static shape.
@@ -81,10 +81,10 @@ class Packing:
     attention is confined to each segment instead), then the padding segment is appended (zeros, position
     0); ``position_ids`` count 0, 1, ... within each feature; the per-feature keys named in
     ``position_keys`` (token indices into the feature, e.g. QA start/end labels) are offset to the
-    feature's start in the row; other per-feature keys are stacked. ``max_length_q/k`` are a fixed upper
-    bound on every segment, the padding segment's too (the longest of ``max_length``, ``multiple`` and
-    ``row_tokens``; the varlen kernel accepts a bound) rather than the batch's longest segment, so that they
-    do not change from batch to batch.
+    feature's start in the row; other per-feature keys are stacked. ``max_length_q/k`` are ``max_length``, a
+    fixed upper bound on every feature (the varlen kernel accepts a bound) rather than the batch's longest, so
+    that they do not change from batch to batch. The padding segment may be longer: the attention function cuts
+    it into pieces no longer than the bound (``attention_segments``).
 
     ``causal_labels`` names a causal language model's per-token labels (GPT-2's ``labels``, which the model shifts
     by one): the padding and each feature's first token are labelled ``IGNORE``, so that no token learns to predict
@@ -104,10 +104,6 @@ class Packing:
                  max_length: int = 512, row_tokens: int | None = None, causal_labels: str | None = None):
         self.position_keys, self.multiple, self.max_length = tuple(position_keys), multiple, max_length
         self.row_tokens, self.causal_labels = row_tokens, causal_labels
-        # No feature is longer than max_length, and the padding segment no longer than multiple, or than the row
-        # when rows have one length. The kernel sizes its grid by the bound; a segment longer than it would be
-        # left partly unwritten.
-        self.bound = max(max_length, multiple, row_tokens or 0)
 
     def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | int]:
         lengths = [int(f["attention_mask"].sum()) for f in features]
@@ -134,8 +130,23 @@ class Packing:
             labels[0, starts[:-1].long()] = IGNORE  # each feature's first token and the padding's
             labels[0, total:] = IGNORE
         row["position_ids"] = torch.cat([*(torch.arange(n) for n in lengths), torch.zeros(padding, dtype=torch.long)])[None]
-        row.update(cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=self.bound, max_length_k=self.bound)
+        row.update(cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=self.max_length, max_length_k=self.max_length,
+                   max_padding=max(self.multiple, self.row_tokens or 0))  # a fixed bound: how many pieces it may need
         return row
+
+
+def attention_segments(cu_seq_lens: torch.Tensor, bound: int, max_padding: int) -> torch.Tensor:
+    """The row's segments as the attention kernel gets them: the features', then the padding segment cut into
+    pieces of at most ``bound`` tokens, as many as padding of ``max_padding`` tokens would need (the last ones
+    empty).
+
+    The varlen kernel sizes its grid by the bound: blocks of 128 tokens up to it, for every segment and head,
+    most of which find their segment shorter and stop. A bound as long as the padding can be (a 6,144-token row
+    of SQuAD features) launches some 16 times the blocks that one of the longest feature (384) does. A fixed
+    number of pieces, whatever the row's length, keeps one compiled graph for every row length."""
+    pieces = -(-max_padding // bound)
+    ends = torch.arange(1, pieces + 1, device=cu_seq_lens.device, dtype=cu_seq_lens.dtype) * bound + cu_seq_lens[-2]
+    return torch.cat([cu_seq_lens[:-1], torch.minimum(ends, cu_seq_lens[-1])])
 
 
 def segment_ids(cu_seq_lens: torch.Tensor, total: int) -> torch.Tensor:
@@ -291,10 +302,11 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         raise ValueError(f"a packed batch is one row; got {query.shape[0]} rows with cu_seq_lens_q")
     default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-12  # the varlen kernel's scale
     causal = bool(getattr(module, "is_causal", False))  # a decoder's self-attention (GPT-2) sees only earlier tokens
+    bound = kwargs["max_length_q"]
+    cu = attention_segments(cu, bound, kwargs["max_padding"])  # self-attention: the same segments for q and k
     if uses_varlen(query.device, query.dtype) and default_scale:
         q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (tokens, heads, head_dim)
-        out = varlen_attn(q, k, v, cu, kwargs.get("cu_seq_lens_k", cu), kwargs["max_length_q"], kwargs["max_length_k"],
-                          **(_CAUSAL if causal else {}))
+        out = varlen_attn(q, k, v, cu, cu, bound, bound, **(_CAUSAL if causal else {}))
         return out[None], None
     segments = segment_ids(cu, query.shape[2])
     mask = segments[:, None] == segments[None, :]

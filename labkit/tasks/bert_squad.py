@@ -44,7 +44,7 @@ class Features(Dataset):
 
 def load_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
     d = cfg.data
-    kwargs = dict(hub_name=d.hub_name or HUB_DATASET, seed=cfg.train.seed, context_length=d.context_length)
+    kwargs = dict(hub_name=d.hub_name or HUB_DATASET, seed=cfg.data_seed, context_length=d.context_length)
     if d.source == "local" and not d.val_path:
         # One local file: hold out its last articles for validation, so validation is unseen text.
         examples = squad.load_examples("local", "train", path=d.path, **kwargs)

@@ -138,8 +138,8 @@ def load_pairs(cfg: Config) -> tuple[list[dict], list[dict]]:
     """(train, validation) rows {"abstract", "title"}, cut to data.train_examples / data.val_examples."""
     d = cfg.data
     if d.source == "embedded":  # disjoint seeds: validation studies are unseen
-        train = generate_cord19(d.train_examples or EMBEDDED_SIZES["train"], 2 * cfg.train.seed)
-        val = generate_cord19(d.val_examples or EMBEDDED_SIZES["validation"], 2 * cfg.train.seed + 1)
+        train = generate_cord19(d.train_examples or EMBEDDED_SIZES["train"], 2 * cfg.data_seed)
+        val = generate_cord19(d.val_examples or EMBEDDED_SIZES["validation"], 2 * cfg.data_seed + 1)
     elif d.source == "local":
         rows = read_csv(_in_kit(d.path))
         train, val = (rows, read_csv(_in_kit(d.val_path))) if d.val_path else _hold_out(rows)
@@ -225,7 +225,7 @@ def cache_key(cfg: Config) -> str:
     files = {p: [os.path.getsize(p), os.path.getmtime(p)] for p in (d.path, d.val_path) if p and d.source == "local"}
     settings = dict(version=CACHE_VERSION, source=d.source, path=d.path, val_path=d.val_path, files=files,
                     hub=[d.hub_name, d.hub_config], examples=[d.train_examples, d.val_examples], seed=cfg.train.seed,
-                    lengths=[d.max_length, d.target_length], generator=s.generator.model_dump(), prefix=s.source_prefix,
+                    data_seed=cfg.data_seed, lengths=[d.max_length, d.target_length], generator=s.generator.model_dump(), prefix=s.source_prefix,
                     tuning=[s.generator_steps, s.generator_lr],
                     candidates=s.num_candidates, penalty=s.diversity_penalty)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -102,14 +102,14 @@ def read_gsm8k(path: str | Path) -> list[dict]:
 def _original_splits(cfg: Config, train: list[dict], val: list[dict]) -> tuple[list[dict], list[dict], list[dict] | None]:
     """Train, validation and test examples. The original lab 07's preparation where the data options ask for it:
     one question per distinct context (data.drop_duplicate_contexts), then a random data.val_fraction of the
-    training split (seed train.seed; sklearn's train_test_split rounds up) held out for validation, and the
+    training split (seed Config.data_seed; sklearn's train_test_split rounds up) held out for validation, and the
     source's own split kept as the test set (GSM8K's test.jsonl). Otherwise no test set."""
     d = cfg.data
     if d.drop_duplicate_contexts:
         train = list({e["context"]: e for e in reversed(train)}.values())[::-1]  # the first question of each context
     if not d.val_fraction:
         return train[: d.train_examples], val[: d.val_examples], None
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.data_seed)).tolist()
     held = order[: math.ceil(d.val_fraction * len(train))]
     kept = set(held)
     rest = [e for i, e in enumerate(train) if i not in kept]
@@ -119,8 +119,8 @@ def _original_splits(cfg: Config, train: list[dict], val: list[dict]) -> tuple[l
 def load_gsm8k(cfg: Config) -> tuple[list[dict], list[dict], list[dict] | None]:
     d = cfg.data
     if d.source == "embedded":
-        train = generate_gsm8k(d.train_examples or EMBEDDED_SIZES["train"], 2 * cfg.train.seed)
-        val = generate_gsm8k(d.val_examples or EMBEDDED_SIZES["validation"], 2 * cfg.train.seed + 1)
+        train = generate_gsm8k(d.train_examples or EMBEDDED_SIZES["train"], 2 * cfg.data_seed)
+        val = generate_gsm8k(d.val_examples or EMBEDDED_SIZES["validation"], 2 * cfg.data_seed + 1)
     elif d.source == "local":
         rows = read_gsm8k(d.path)
         train, val = (rows, read_gsm8k(d.val_path)) if d.val_path else (rows, []) if d.val_fraction else hold_out(rows, "question")
@@ -136,9 +136,9 @@ def load_bioqa(cfg: Config) -> tuple[list[dict], list[dict], list[dict] | None]:
     if d.source == "embedded":
         # 2 to 4 questions a passage, so n/2 passages give n; disjoint seeds: validation passages are unseen
         train = squad.flatten_squad(generate_bioqa(-(-(d.train_examples or EMBEDDED_SIZES["train"]) // 2),
-                                                   2 * cfg.train.seed), "embedded")
+                                                   2 * cfg.data_seed), "embedded")
         val = squad.flatten_squad(generate_bioqa(-(-(d.val_examples or EMBEDDED_SIZES["validation"]) // 2),
-                                                 2 * cfg.train.seed + 1), "embedded")
+                                                 2 * cfg.data_seed + 1), "embedded")
     elif d.source == "local":
         # A folder: every SQuAD-format file in it, in name order (BioASQ-train-factoid-4b.json, ...), as one set.
         files = sorted(Path(d.path).glob("*.json")) if Path(d.path).is_dir() else [d.path]
