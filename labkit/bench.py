@@ -11,7 +11,8 @@ or single rows ('01/fast_path', 'trainer'). Records go under runs/<profile>/benc
 own; the comparison table of this run (configuration, device, samples/s, real tokens/s, MFU, peak memory,
 epoch time) goes to runs/<profile>/bench/bench.csv and bench.md (bench-<only>.* with --only), with the
 fast paths' goals below it, then each fast path's training loss against its baseline's at the same steps
-(``LOSS_BASELINES``; the curves side by side in bench-loss.png), and is printed at the end;
+(``LOSS_BASELINES``; the curves side by side in bench-loss.png), judged against the baseline's own spread over
+two seeds where the bench runs it twice (``LOSS_NOISE``), and is printed at the end;
 runs/<profile>/bench/bench-ratios.csv holds one row per configuration with exactly the columns of ``RATIO_COLUMNS``: its samples/s, the samples/s of the row it is measured
 against (``BASELINES``: the step it improves on), their ratio, MFU and GPU busy in percent, and peak allocated
 memory in GB. GPU-only configurations on a CPU are recorded as skipped, with the reason.
