@@ -27,7 +27,8 @@ One run of a configuration moves by up to 10% on a shared machine, more than the
 are read for. ``--repeats N`` runs every row and its bare loop N times, the order of the rows turned round
 each time (a, b, c, then c, b, a), so that neither a drift of the machine nor a position in the sequence
 passes for a difference. Each ratio is then taken within one repeat (labkit against the bare loop measured
-next to it), the CSV holds each configuration's median over the repeats (``runs``: how many), and
+next to it), the CSV holds each configuration's median over the repeats (``runs``: how many; ``vs_bare_min`` and
+``vs_bare_max``: the ratio's spread over them, against which a difference between rows is read), and
 ``<out>.runs.csv`` every run with its ``repeat``. ``--budget-s S`` ends the command before a row that the
 longest row so far says would end after S seconds, rather than have a time limit cut a row off half-measured.
 
@@ -57,7 +58,7 @@ ROOT = HERE.parent
 NOTEBOOK = "05_ddp_fsdp"
 BARE_INPUT = "params/01_baseline_bert_squad/baseline_bf16.yaml"  # the same generated SQuAD features as notebook 05's
 COLUMNS = ["configuration", "devices", "samples_per_s", "bare_samples_per_s", "vs_bare", "scaling_efficiency",
-           "peak_allocated_gb", "bare_scaling_efficiency", "status", "runs"]
+           "peak_allocated_gb", "bare_scaling_efficiency", "status", "runs", "vs_bare_min", "vs_bare_max"]
 FIGURES = ["samples_per_s", "bare_samples_per_s", "vs_bare", "scaling_efficiency", "peak_allocated_gb",
            "bare_scaling_efficiency"]
 
@@ -245,12 +246,15 @@ def write_csv(path: Path, measured: list[tuple[Row, dict]], bare: dict[tuple[str
         for name in dict.fromkeys(r["configuration"] for r in runs):
             mine = [r for r in runs if r["configuration"] == name]
             ok = [r for r in mine if r["status"] == "ok"]
+            ratios = [r["vs_bare"] for r in ok if r["vs_bare"] is not None]
             writer.writerow({"configuration": name, "devices": mine[0]["devices"], "runs": len(ok),
                              "status": "ok" if ok else mine[-1]["status"],
-                             **{k: _median([r[k] for r in ok], digits.get(k, 3)) for k in FIGURES}})
+                             **{k: _median([r[k] for r in ok], digits.get(k, 3)) for k in FIGURES},
+                             "vs_bare_min": _round(min(ratios), 3) if ratios else None,
+                             "vs_bare_max": _round(max(ratios), 3) if ratios else None})
     if any(r["repeat"] for r in runs):
         with path.with_suffix(".runs.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, ["repeat", *COLUMNS[:-1]])
+            writer = csv.DictWriter(f, ["repeat", *COLUMNS[:COLUMNS.index("runs")]])  # a run has no spread
             writer.writeheader()
             for r in runs:
                 writer.writerow({k: _round(v, digits.get(k, 3)) if isinstance(v, float) else v for k, v in r.items()})

@@ -52,6 +52,7 @@ def test_repeats_take_each_ratio_within_its_repeat_and_report_medians(tmp_path):
         table = {r["configuration"]: r for r in csv.DictReader(f)}
     ddp = table["ddp"]
     assert float(ddp["vs_bare"]) == 0.95 and ddp["runs"] == "3" and ddp["status"] == "ok"
+    assert (float(ddp["vs_bare_min"]), float(ddp["vs_bare_max"])) == (0.9, 1.0)  # the spread the median hides
     assert float(ddp["samples_per_s"]) == 1330.0 and float(ddp["scaling_efficiency"]) == round(1330 / 1440, 3)
     with (tmp_path / "out.runs.csv").open() as f:
         runs = list(csv.DictReader(f))
