@@ -9,9 +9,9 @@
   segment of padding that lengthens the row to a multiple of ``multiple``. Position ids restart at 0 for
   each feature, label positions are moved to where the feature now starts, and ``cu_seq_lens_q/k`` and
   ``max_length_q/k`` (the keyword arguments transformers' flash-attention integration and
-  ``DataCollatorWithFlattening`` use) say where each segment begins; ``max_padding`` bounds the padding segment. The padding is what lets a compiled
-  model replay CUDA graphs: the row takes one length (``row_tokens``, batches from ``TokenBudgetSampler``)
-  or one of a few, ``cu_seq_lens`` always has batch + 2
+  ``DataCollatorWithFlattening`` use) say where each segment begins; ``max_padding`` bounds the padding
+  segment. The padding is what lets a compiled model replay CUDA graphs: the row takes one length
+  (``row_tokens``, batches from ``TokenBudgetSampler``) or one of a few, ``cu_seq_lens`` always has batch + 2
   entries and ``max_length_q/k`` are a fixed bound, so each row length is one static shape.
   Attention keeps the padding to itself, no loss reads it, and no count includes it.
 * ``ATTENTION`` is an attention implementation registered with transformers' ``AttentionInterface`` that
