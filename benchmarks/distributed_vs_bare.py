@@ -6,8 +6,9 @@ Every row is a notebook 05 configuration run by ``labkit.run`` in a process of i
 runs it (in-process for one device and DataParallel, through labkit's launcher for ddp, fsdp and
 deepspeed; ``ddp1_here`` is ddp on one GPU in labkit.run's own process, given the variables torchrun would
 set, and ``ddp1_torchrun`` the same process started by a plain torchrun instead, so that ``single``,
-``ddp1_here``, ``ddp1_torchrun`` and ``ddp1`` part DDP's wrapper, torchrun and labkit's launcher), beside the bare loop of the same strategy (``benchmarks/bare_distributed.py``, run with
-torchrun on labkit's own first batches). Columns:
+``ddp1_here``, ``ddp1_torchrun`` and ``ddp1`` part DDP's wrapper, torchrun and labkit's launcher), beside the
+bare loop of the same strategy (``benchmarks/bare_distributed.py``, run with torchrun on labkit's own first
+batches). Columns:
 
 * ``samples_per_s``: labkit's steady-state figure from its results record; ``bare_samples_per_s``: the
   bare loop's; ``vs_bare``: their ratio.

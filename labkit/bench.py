@@ -84,9 +84,9 @@ COLUMNS = {"samples_per_s": "samples/s", "tokens_per_s": "real tokens/s", "mfu":
 def name_of(item: str) -> str:
     """'01/fast_path' for params/01_baseline_bert_squad/fast_path.yaml, '03/x@seed=1' for its SEED item; 'trainer'
     for the Trainer."""
-    file, seed = split_item(item)
+    file, _ = split_item(item)
     path = Path(file)
-    return item if item == TRAINER else f"{path.parent.name[:2]}/{path.stem}" + (f"{SEED}{seed}" if seed is not None else "")
+    return item if item == TRAINER else f"{path.parent.name[:2]}/{path.stem}{item[len(file):]}"
 
 
 def split_item(item: str) -> tuple[str, int | None]:

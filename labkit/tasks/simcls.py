@@ -225,8 +225,8 @@ def cache_key(cfg: Config) -> str:
     files = {p: [os.path.getsize(p), os.path.getmtime(p)] for p in (d.path, d.val_path) if p and d.source == "local"}
     settings = dict(version=CACHE_VERSION, source=d.source, path=d.path, val_path=d.val_path, files=files,
                     hub=[d.hub_name, d.hub_config], examples=[d.train_examples, d.val_examples], seed=cfg.train.seed,
-                    data_seed=cfg.data_seed, lengths=[d.max_length, d.target_length], generator=s.generator.model_dump(), prefix=s.source_prefix,
-                    tuning=[s.generator_steps, s.generator_lr],
+                    data_seed=cfg.data_seed, lengths=[d.max_length, d.target_length], generator=s.generator.model_dump(),
+                    prefix=s.source_prefix, tuning=[s.generator_steps, s.generator_lr],
                     candidates=s.num_candidates, penalty=s.diversity_penalty)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
