@@ -3,11 +3,12 @@
     python -m labkit.bench --profile bench [--only bert 03/fast_path ...] [--steps N] [--runs-dir runs]
 
 Each configuration in ``BENCH`` runs through ``labkit.run`` (its params file over the profile, for the
-profile's fixed number of steps; ``--steps`` caps them all), one after another in this process, with
-torch.compile's caches reset in between, so each compiled configuration pays for, and is timed after, its
-own compilation. BERT also gets the Hugging Face Trainer on the same padded input
+profile's fixed number of steps; ``--steps`` caps them all), one after another in this process, each with
+torch.compile's caches empty (``fresh_compile_cache``), so each compiled configuration pays for, and is timed
+after, its own compilation from a cold start. BERT also gets the Hugging Face Trainer on the same padded input
 (benchmarks/trainer_bert_qa.py, in a process of its own). ``--only`` picks groups (bert, resnext, gpt2, t5)
-or single rows ('01/fast_path', 'trainer'). Records go under runs/<profile>/bench/, apart from the notebooks'
+or single rows ('01/fast_path', 'trainer'), and takes a row with settings changed
+('01/fast_path_packed@model.compile_scope=blocks'). Records go under runs/<profile>/bench/, apart from the notebooks'
 own; the comparison table of this run (configuration, device, samples/s, real tokens/s, MFU, peak memory,
 epoch time) goes to runs/<profile>/bench/bench.csv and bench.md (bench-<only>.* with --only), with the
 fast paths' goals below it, then each fast path's training loss against its baseline's at the same steps
@@ -20,16 +21,21 @@ memory in GB. GPU-only configurations on a CPU are recorded as skipped, with the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+import yaml
 from matplotlib.figure import Figure
 
 from labkit import config, results
@@ -66,10 +72,12 @@ SPEEDUP_GOALS = {"01/fast_path_padded": 1.8, "01/fast_path_packed": 1.5, "06/fas
 LOSS_BASELINES = {"01/fast_path_padded": "01/baseline_bf16", "01/fast_path": "01/baseline_bf16",
                   "01/fast_path_packed": "01/baseline_bf16", "03/fast_path": "03/resnext_bf16_channels_last",
                   "06/fast_path": "06/r10_adamw", "07/fast_path": "07/gsm8k_bf16"}
-# An item "<params file>@seed=N" is that configuration again with train.seed N over the same data (data.seed held):
-# other initial weights, batch order and augmentation. How far its loss curve strays from the first run's is the
-# noise against which a fast path's curve is judged (LOSS_NOISE: fast path -> that row).
-SEED = "@seed="
+# An item "<params file>@key=value,..." is that configuration with those settings changed (values read as YAML), e.g.
+# "...fast_path_packed.yaml@model.compile_scope=blocks"; --only takes a row name with such a suffix too. The key
+# "seed" is special: "@seed=N" is train.seed N over the same data (data.seed held): other initial weights, batch
+# order and augmentation. How far its loss curve strays from the first run's is the noise against which a fast
+# path's curve is judged (LOSS_NOISE: fast path -> that row).
+AT = "@"
 LOSS_NOISE = {"03/fast_path": "03/resnext_bf16_channels_last@seed=1"}
 MFU_GOAL_PCT = 30.0  # 01/fast_path_padded, of the GPU's dense bf16 peak
 FIRST_STEP_GOAL_S = 30.0  # 01/fast_path_packed: its first step, compilation included
@@ -82,25 +90,56 @@ COLUMNS = {"samples_per_s": "samples/s", "tokens_per_s": "real tokens/s", "mfu":
 
 
 def name_of(item: str) -> str:
-    """'01/fast_path' for params/01_baseline_bert_squad/fast_path.yaml, '03/x@seed=1' for its SEED item; 'trainer'
-    for the Trainer."""
+    """'01/fast_path' for params/01_baseline_bert_squad/fast_path.yaml, '03/x@seed=1' for an item with settings
+    changed; 'trainer' for the Trainer."""
     file, _ = split_item(item)
     path = Path(file)
     return item if item == TRAINER else f"{path.parent.name[:2]}/{path.stem}{item[len(file):]}"
 
 
-def split_item(item: str) -> tuple[str, int | None]:
-    """The params file of a BENCH item and, for a SEED item, its train.seed."""
-    file, _, seed = item.partition(SEED)
-    return file, int(seed) if seed else None
+def split_item(item: str) -> tuple[str, dict[str, Any]]:
+    """The params file of a BENCH item and the settings its suffix changes ({} for none)."""
+    file, _, suffix = item.partition(AT)
+    changes = {}
+    for pair in filter(None, suffix.split(",")):
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"bench item {item!r}: expected <params file>@key=value,... (e.g. @seed=1)")
+        changes[key.strip()] = yaml.safe_load(value)
+    return file, changes
 
 
 def selected(only: list[str] | None) -> list[str]:
-    """The BENCH items of the groups or rows named (all without a name), in BENCH order."""
-    known = set(BENCH) | {name_of(i) for items in BENCH.values() for i in items}
-    if unknown := sorted(set(only or []) - known):
+    """The BENCH items of the groups or rows named (all without a name), in BENCH order; a row named with settings
+    changed ('01/fast_path_packed@model.compile_scope=blocks') is that row's params file with them, after them."""
+    items = [i for group in BENCH.values() for i in group]
+    rows = {name_of(i): i for i in items}
+    changed = [n for n in only or [] if AT in n and n not in rows]
+    extra = []
+    for name in changed:
+        row, _, suffix = name.partition(AT)
+        if row not in rows or AT in rows[row]:
+            raise SystemExit(f"--only {name}: {row} is not a bench row; choose from {', '.join(sorted(rows))}")
+        extra.append(f"{rows[row]}{AT}{suffix}")
+    known = set(BENCH) | set(rows)
+    if unknown := sorted(set(only or []) - known - set(changed)):
         raise SystemExit(f"--only {' '.join(unknown)}: not a bench group or row; choose from {', '.join(sorted(known))}")
-    return [i for group, items in BENCH.items() for i in items if not only or group in only or name_of(i) in only]
+    return [i for group, its in BENCH.items() for i in its if not only or group in only or name_of(i) in only] + extra
+
+
+@contextlib.contextmanager
+def fresh_compile_cache() -> Iterator[None]:
+    """torch.compile as in a new process on a new machine: compiled graphs dropped, and inductor's and Triton's
+    caches (in memory and on disk) empty, in a temporary folder removed afterwards."""
+    from torch._inductor import utils as inductor
+
+    torch._dynamo.reset()
+    try:
+        fresh = getattr(inductor, "fresh_cache", None) or inductor.fresh_inductor_cache  # torch < 2.8: the old name
+        with fresh():
+            yield
+    finally:
+        torch._dynamo.reset()
 
 
 def record_row(record: dict) -> dict:
@@ -204,15 +243,20 @@ def bench(profile: str, items: list[str], steps: int | None, directory: Path,
         if item == TRAINER:
             rows.append(trainer_row(profile, steps, directory))
         else:
-            file, seed = split_item(item)
-            where = directory if seed is None else directory / f"seed{seed}"  # beside, not over, the first run's record
-            reseeded = {} if seed is None else {"train.seed": seed, "data.seed": config.load(file, profile, overrides).data_seed}
+            file, changes = split_item(item)
+            # beside, not over, the first run's record: runs/.../bench/seed1, .../model.compile_scope-blocks
+            where = directory / "_".join(f"{k}{v}" if k == "seed" else f"{k}-{v}" for k, v in changes.items()) \
+                if changes else directory
+            if "seed" in changes:
+                changes.update({"train.seed": changes.pop("seed"), "data.seed": config.load(file, profile, overrides).data_seed})
             try:
-                run(file, profile, {**overrides, **reseeded}, where)
+                # A fresh compilation per configuration: no graph, no kernel and no cache limit carried over from
+                # the rows before, so a compiled row's first step is a cold start, as on a new machine.
+                with fresh_compile_cache():
+                    run(file, profile, {**overrides, **changes}, where)
             except Exception as err:  # recorded as failed by the runner; the bench goes on
                 print(f"[bench] {name_of(item)} failed: {type(err).__name__}: {err}", flush=True)
             finally:
-                torch._dynamo.reset()  # a fresh compilation per configuration, and no cache limit reached
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -370,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if warmed := warm_up_gpu(args.warm_up_s):
         print(f"[bench] GPU warmed up for {warmed:.0f} s before the first row", flush=True)
     table, finished = bench(args.profile, items, args.steps, directory, args.budget_s)
-    stem = "-".join(["bench", *(name.replace("/", "_") for name in args.only or [])])
+    stem = "-".join(["bench", *(re.sub(r"[^\w.-]+", "_", name) for name in args.only or [])])  # a plain file name
     table.to_csv(directory / f"{stem}.csv")
     ratios(table).to_csv(directory / f"{stem}-ratios.csv")
     shown = table[["device", "status", *COLUMNS]].rename(columns=COLUMNS)

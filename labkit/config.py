@@ -190,6 +190,11 @@ class ModelConfig(_Section):
     # data.padding dynamic or packed (every batch has its own length), else torch's default (static, then symbolic
     # for what changes)
     compile_dynamic: bool | None = None
+    # What torch.compile compiles. model: the whole model, one graph (reduce-overhead: one CUDA graph a step).
+    # blocks: each block of the model's outermost layer lists (the transformer layers) on its own; blocks of
+    # one kind share one compilation, so the first step compiles one layer instead of all, and the embeddings,
+    # the head and the loss run eager between the blocks' graphs
+    compile_scope: Literal["model", "blocks"] = "model"
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     split_devices: int = Field(1, gt=0)  # layer-wise model parallel over this many GPUs (T5)
@@ -198,6 +203,9 @@ class ModelConfig(_Section):
     def _check(self) -> "ModelConfig":
         if self.weights == "local" and not self.path:
             raise ValueError("model.weights is 'local' but model.path is not set: set model.path to the folder")
+        if self.compile_scope != "model" and not self.compile:
+            raise ValueError(f"model.compile_scope '{self.compile_scope}' says what torch.compile compiles, but "
+                             "model.compile is false: set model.compile true, or leave model.compile_scope out")
         return self
 
 

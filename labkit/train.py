@@ -236,7 +236,12 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
             tokens = d.max_length * (cfg.train.batch_size if d.padding == "packed" else 1)
             limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), tokens // d.pad_multiple + 8))
-        model = torch.compile(model, mode=cfg.model.compile_mode, dynamic=dynamic)
+        if cfg.model.compile_scope == "model":
+            return torch.compile(model, mode=cfg.model.compile_mode, dynamic=dynamic)
+        for block in _outer_blocks(model):
+            # Compiled in place: the model keeps its type and structure (FSDP, checkpointing and LoRA find the
+            # blocks where they were); the blocks' parameters are the graph's inputs, so one graph serves them all.
+            block.compile(mode=cfg.model.compile_mode, dynamic=dynamic)
     return model
 
 

@@ -194,3 +194,37 @@ def test_a_seed_item_reruns_its_configuration_with_another_seed_over_the_same_da
     table, finished = bench.bench("smoke", bench.selected(["03/resnext_bf16_channels_last@seed=1"]), None, tmp_path)
     assert ran == [("params/03_mixed_precision/resnext_bf16_channels_last.yaml", {"train.seed": 1, "data.seed": 0}, tmp_path / "seed1")]
     assert list(table.index) == list(finished) == ["03/resnext_bf16_channels_last@seed=1"]
+
+
+def test_a_row_with_settings_changed_runs_its_params_file_with_them_beside_the_row(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda file, profile, overrides, directory: ran.append((file, overrides, directory)))
+    monkeypatch.setattr(bench.results, "read", lambda path: {**logged(3.0), "params": {}, "summary": {"samples_per_s": 10.0},
+                                                             "run": {"params_file": "params/01_baseline_bert_squad/fast_path_packed.yaml"}})
+    items = bench.selected(["01/fast_path_packed", "01/fast_path_packed@model.compile_scope=blocks,train.max_steps=7"])
+    assert items == ["params/01_baseline_bert_squad/fast_path_packed.yaml",
+                     "params/01_baseline_bert_squad/fast_path_packed.yaml@model.compile_scope=blocks,train.max_steps=7"]
+    table, _ = bench.bench("smoke", items, None, tmp_path)
+    assert ran[1] == ("params/01_baseline_bert_squad/fast_path_packed.yaml",
+                      {"model.compile_scope": "blocks", "train.max_steps": 7},
+                      tmp_path / "model.compile_scope-blocks_train.max_steps-7")
+    assert ran[0][1:] == ({}, tmp_path)
+    assert list(table.index) == ["01/fast_path_packed", "01/fast_path_packed@model.compile_scope=blocks,train.max_steps=7"]
+    with pytest.raises(SystemExit, match="not a bench row"):
+        bench.selected(["01/nonesuch@model.compile_scope=blocks"])
+
+
+def test_each_row_compiles_from_empty_caches(monkeypatch):
+    import os
+
+    from torch._inductor import utils as inductor
+
+    seen = []
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with bench.fresh_compile_cache():
+        seen.append(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        assert os.path.isdir(seen[0])
+    with bench.fresh_compile_cache():
+        seen.append(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    assert seen[0] != seen[1] and not os.path.exists(seen[0]) and os.environ.get("TORCHINDUCTOR_CACHE_DIR") == before
+    assert hasattr(inductor, "fresh_cache") or hasattr(inductor, "fresh_inductor_cache")

@@ -324,3 +324,54 @@ def test_pack_tokens_settings_that_cannot_work_are_refused(overrides, words):
 
     with pytest.raises(config.ConfigError, match=words):
         config.load("params/01_baseline_bert_squad/baseline.yaml", "smoke", overrides)
+
+
+def test_compiling_blocks_compiles_one_layer_for_all_and_trains_as_eager(monkeypatch):
+    """model.compile_scope blocks (through prepare_model): each encoder layer is compiled in place, the model keeps
+    its type, the two layers share one compilation, and three steps train as the eager model does (aot_eager on a
+    CPU, as above)."""
+    from labkit import config
+    from labkit.train import prepare_model
+
+    cfg = config.load("params/01_baseline_bert_squad/fast_path_packed.yaml", "smoke",
+                      {"data.pad_multiple": 16, "model.compile_scope": "blocks"})
+    pack = packing.Packing(multiple=cfg.data.pad_multiple, max_length=WIDTH)
+    rows = [pack(features(lengths, seed)) for seed, lengths in enumerate(([7, 31, 48], [30, 31, 30], [12, 40, 33]))]
+    assert {r["input_ids"].shape[1] for r in rows} == {96}
+    graphs, real_compile = [], torch.compile
+
+    def counting(gm, inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
+
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: real_compile(fn, backend=counting, dynamic=dynamic))
+    trained = []
+    try:
+        for compile_it in (True, False):
+            model = tiny_bert()
+            model.set_attn_implementation(packing.register())
+            torch._dynamo.reset()
+            run = prepare_model(cfg, model) if compile_it else model
+            assert run is model  # compiled in place
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            losses = []
+            for row in rows:
+                loss = qa_loss(run, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in row.items()})
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                losses.append(loss.detach())
+            trained.append((torch.stack(losses), model.qa_outputs.weight.detach()))
+    finally:
+        torch._dynamo.reset()
+    (compiled_losses, compiled_weight), (eager_losses, eager_weight) = trained
+    assert len(model.bert.encoder.layer) == 2 and len(graphs) == 1
+    assert torch.allclose(compiled_losses, eager_losses, atol=1e-5)
+    assert torch.allclose(compiled_weight, eager_weight, atol=1e-6)
+
+
+def test_compile_scope_without_compile_is_refused():
+    from labkit import config
+
+    with pytest.raises(config.ConfigError, match="model.compile true"):
+        config.load("params/01_baseline_bert_squad/baseline_bf16.yaml", "smoke", {"model.compile_scope": "blocks"})
