@@ -236,13 +236,29 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
             tokens = d.max_length * (cfg.train.batch_size if d.padding == "packed" else 1)
             limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), tokens // d.pad_multiple + 8))
+        mode = cfg.model.compile_mode
         if cfg.model.compile_scope == "model":
-            return torch.compile(model, mode=cfg.model.compile_mode, dynamic=dynamic)
+            return torch.compile(model, mode=mode, dynamic=dynamic)
         for block in _outer_blocks(model):
-            # Compiled in place: the model keeps its type and structure (FSDP, checkpointing and LoRA find the
-            # blocks where they were); the blocks' parameters are the graph's inputs, so one graph serves them all.
-            block.compile(mode=cfg.model.compile_mode, dynamic=dynamic)
+            # Each block's forward compiled in place: the model keeps its type, structure and parameter names, and
+            # the blocks' parameters are the graph's inputs, so one compilation serves every block of a kind.
+            block.forward = torch.compile(block.forward, mode=mode, dynamic=dynamic)
+            if mode in ("reduce-overhead", "max-autotune"):  # the modes that replay CUDA graphs
+                block.register_forward_hook(_outputs_out_of_graph_memory)
     return model
+
+
+def _outputs_out_of_graph_memory(module: nn.Module, args: Any, output: Any) -> Any:
+    """A compiled block's outputs, copied where no backward is pending (validation, generation). CUDA graph trees
+    then take each call of a compiled function for a new iteration and reuse the previous call's output memory:
+    the next block, the same compiled function, would overwrite this one's output while it is its input. With a
+    backward pending (training) the outputs are kept for it and nothing is copied. The hook runs outside the
+    compiled forward, so the copy is eager memory."""
+    if torch.is_grad_enabled():
+        return output
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, output)
 
 
 def make_loaders(cfg: Config, task: Task, fabric: Fabric) -> tuple[DataLoader, DataLoader]:

@@ -370,6 +370,19 @@ def test_compiling_blocks_compiles_one_layer_for_all_and_trains_as_eager(monkeyp
     assert torch.allclose(compiled_weight, eager_weight, atol=1e-6)
 
 
+def test_compiled_blocks_hand_on_copies_where_no_backward_is_pending():
+    """With CUDA graphs and no backward pending, the next call of a compiled block reuses the memory of the last
+    one's outputs: each block's output is then copied out of it; in training it is passed on as it is."""
+    from labkit.train import _outputs_out_of_graph_memory
+
+    out = (torch.ones(3, requires_grad=True), None)
+    assert _outputs_out_of_graph_memory(None, (), out) is out
+    with torch.no_grad():
+        copied = _outputs_out_of_graph_memory(None, (), out)
+    assert copied[0] is not out[0] and copied[0].data_ptr() != out[0].data_ptr() and copied[1] is None
+    assert torch.equal(copied[0], out[0])
+
+
 def test_compile_scope_without_compile_is_refused():
     from labkit import config
 
