@@ -190,11 +190,12 @@ class ModelConfig(_Section):
     # data.padding dynamic or packed (every batch has its own length), else torch's default (static, then symbolic
     # for what changes)
     compile_dynamic: bool | None = None
-    # What torch.compile compiles. model: the whole model, one graph (reduce-overhead: one CUDA graph a step).
-    # blocks: each block of the model's outermost layer lists (the transformer layers) on its own; blocks of
-    # one kind share one compilation, so the first step compiles one layer instead of all, and the embeddings,
-    # the head and the loss run eager between the blocks' graphs
-    compile_scope: Literal["model", "blocks"] = "model"
+    # What torch.compile compiles, and how often. model: the whole model as one graph (reduce-overhead: one CUDA
+    # graph a step), every block (transformer layer) traced and compiled anew. regions: the same one graph, but a
+    # block is compiled once and its code reused for every block of its kind (nested compile regions, torch >= 2.8),
+    # so compilation no longer grows with depth. blocks: each block compiled on its own, one compilation for all,
+    # and the embeddings, head and loss run eager between the blocks' graphs
+    compile_scope: Literal["model", "regions", "blocks"] = "model"
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     split_devices: int = Field(1, gt=0)  # layer-wise model parallel over this many GPUs (T5)

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import time
+import types
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -237,7 +238,9 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
             limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), tokens // d.pad_multiple + 8))
         mode = cfg.model.compile_mode
-        if cfg.model.compile_scope == "model":
+        if cfg.model.compile_scope == "regions":
+            mark_repeated_blocks(model)
+        if cfg.model.compile_scope in ("model", "regions"):
             return torch.compile(model, mode=mode, dynamic=dynamic)
         for block in _outer_blocks(model):
             # Each block's forward compiled in place: the model keeps its type, structure and parameter names, and
@@ -246,6 +249,25 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
             if mode in ("reduce-overhead", "max-autotune"):  # the modes that replay CUDA graphs
                 block.register_forward_hook(_outputs_out_of_graph_memory)
     return model
+
+
+def mark_repeated_blocks(model: nn.Module) -> None:
+    """Each block's forward a nested compile region, one region per block class: torch.compile then traces and
+    compiles a block once and stamps the compiled code out for every block of its kind, inside the one graph of the
+    whole model. Outside torch.compile a region is a plain call."""
+    regions: dict[type, Any] = {}
+    for block in _outer_blocks(model):
+        if type(block) not in regions:
+            regions[type(block)] = _nested_region(type(block).forward)
+        block.forward = types.MethodType(regions[type(block)], block)
+
+
+def _nested_region(forward: Any) -> Any:
+    # A new function, not the class's own: marking the class's forward would mark it for every model in the process.
+    def region(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return forward(self, *args, **kwargs)
+
+    return torch.compiler.nested_compile_region(region)
 
 
 def _outputs_out_of_graph_memory(module: nn.Module, args: Any, output: Any) -> Any:

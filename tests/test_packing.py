@@ -326,15 +326,17 @@ def test_pack_tokens_settings_that_cannot_work_are_refused(overrides, words):
         config.load("params/01_baseline_bert_squad/baseline.yaml", "smoke", overrides)
 
 
-def test_compiling_blocks_compiles_one_layer_for_all_and_trains_as_eager(monkeypatch):
-    """model.compile_scope blocks (through prepare_model): each encoder layer is compiled in place, the model keeps
-    its type, the two layers share one compilation, and three steps train as the eager model does (aot_eager on a
+@pytest.mark.parametrize("scope", ["blocks", "regions"])
+def test_each_layer_compiled_once_for_all_and_trained_as_eager(monkeypatch, scope):
+    """model.compile_scope blocks and regions (through prepare_model): the model keeps its type and parameter names,
+    the two encoder layers share one compilation (blocks: one graph for both; regions: one graph of the whole
+    model in which both layers call one subgraph), and three steps train as the eager model does (aot_eager on a
     CPU, as above)."""
     from labkit import config
     from labkit.train import prepare_model
 
     cfg = config.load("params/01_baseline_bert_squad/fast_path_packed.yaml", "smoke",
-                      {"data.pad_multiple": 16, "model.compile_scope": "blocks"})
+                      {"data.pad_multiple": 16, "model.compile_scope": scope})
     pack = packing.Packing(multiple=cfg.data.pad_multiple, max_length=WIDTH)
     rows = [pack(features(lengths, seed)) for seed, lengths in enumerate(([7, 31, 48], [30, 31, 30], [12, 40, 33]))]
     assert {r["input_ids"].shape[1] for r in rows} == {96}
@@ -350,9 +352,10 @@ def test_compiling_blocks_compiles_one_layer_for_all_and_trains_as_eager(monkeyp
         for compile_it in (True, False):
             model = tiny_bert()
             model.set_attn_implementation(packing.register())
+            names = [n for n, _ in model.named_parameters()]
             torch._dynamo.reset()
             run = prepare_model(cfg, model) if compile_it else model
-            assert run is model  # compiled in place
+            assert (run is model) == (scope == "blocks" or not compile_it) and [n for n, _ in model.named_parameters()] == names
             optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
             losses = []
             for row in rows:
@@ -366,6 +369,9 @@ def test_compiling_blocks_compiles_one_layer_for_all_and_trains_as_eager(monkeyp
         torch._dynamo.reset()
     (compiled_losses, compiled_weight), (eager_losses, eager_weight) = trained
     assert len(model.bert.encoder.layer) == 2 and len(graphs) == 1
+    if scope == "regions":
+        calls = [n for n in graphs[0].graph.nodes if n.target is torch.ops.higher_order.invoke_subgraph]
+        assert len(calls) == 2 and len({n.args[0].target for n in calls}) == 1  # two layers, one subgraph
     assert torch.allclose(compiled_losses, eager_losses, atol=1e-5)
     assert torch.allclose(compiled_weight, eager_weight, atol=1e-6)
 
