@@ -8,6 +8,7 @@ and the same batch padded give the same loss.
 """
 from __future__ import annotations
 
+import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,12 +56,14 @@ def load_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
-def qa_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Mean of the start and end cross-entropies, each a softmax over the feature's real tokens only."""
-    if "cu_seq_lens_q" in batch:
-        # A packed row's length is the one input size that can change from batch to batch (validation rows, and
-        # every row without data.pack_tokens): compiled, it alone is symbolic (the rest stays static), so the model
-        # compiles once and replays one CUDA graph per row length.
+def qa_loss(model: nn.Module, batch: dict, symbolic_rows: bool = True) -> torch.Tensor:
+    """Mean of the start and end cross-entropies, each a softmax over the feature's real tokens only.
+    ``symbolic_rows``: a compiled model takes a packed row's length as symbolic (see below)."""
+    if "cu_seq_lens_q" in batch and symbolic_rows:
+        # Without data.pack_tokens a packed row's length is the one input size that changes from batch to batch:
+        # compiled, it alone is symbolic (the rest stays static), so the model compiles once and replays one CUDA
+        # graph per row length. With data.pack_tokens every training row has one length, compiled static (a faster
+        # compilation); a validation row of another length compiles on its own.
         # maybe_: should tracing ever specialise it, that length compiles on its own instead of failing the run.
         for key in ("input_ids", "token_type_ids", "position_ids"):
             torch._dynamo.maybe_mark_dynamic(batch[key], 1)
@@ -176,5 +179,5 @@ def build_task(cfg: Config) -> Task:
                 real_token_percentiles={p: float(np.percentile(lengths.numpy(), p)) for p in (10, 50, 90)})
     flops, counted = flops_per_feature(cfg, model, info, lengths, sampler)
     info.update(counted)
-    return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=collate, evaluate=evaluate, loss=qa_loss,
+    return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=collate, evaluate=evaluate, loss=functools.partial(qa_loss, symbolic_rows=d.pack_tokens is None),
                 flops_per_sample=flops, info=info, train_sampler=sampler)
