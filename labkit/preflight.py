@@ -57,9 +57,6 @@ def setting_conflicts(cfg: Config) -> list[str]:
     if d.padding == "packed" and t.strategy == "dp":
         problems.append("data.padding 'packed' makes each batch one row, which DataParallel (train.strategy dp) cannot "
                         "split over its GPUs: use train.strategy ddp, or data.padding dynamic")
-    if m.compile and m.compile_scope == "regions" and not hasattr(torch.compiler, "nested_compile_region"):
-        problems.append(f"model.compile_scope 'regions' needs torch.compiler.nested_compile_region (torch 2.8 or newer; "
-                        f"this is torch {torch.__version__}): set model.compile_scope model")
     if d.on_gpu and cfg.task != "cifar_resnext":
         problems.append(f"data.on_gpu holds cifar_resnext's images in GPU memory; {cfg.task} loads its batches on "
                         "the CPU: set data.on_gpu false")

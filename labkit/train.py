@@ -238,8 +238,8 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
             limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), tokens // d.pad_multiple + 8))
         mode = cfg.model.compile_mode
-        if cfg.model.compile_scope == "regions":
-            mark_repeated_blocks(model)
+        if cfg.model.compile_scope == "regions" and hasattr(torch.compiler, "nested_compile_region"):
+            mark_repeated_blocks(model)  # before torch 2.8 there are no nested regions: the whole model, as 'model'
         if cfg.model.compile_scope in ("model", "regions"):
             return torch.compile(model, mode=mode, dynamic=dynamic)
         for block in _outer_blocks(model):

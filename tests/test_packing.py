@@ -394,3 +394,17 @@ def test_compile_scope_without_compile_is_refused():
 
     with pytest.raises(config.ConfigError, match="model.compile true"):
         config.load("params/01_baseline_bert_squad/baseline_bf16.yaml", "smoke", {"model.compile_scope": "blocks"})
+
+
+def test_regions_on_a_torch_without_them_compile_the_whole_model(monkeypatch):
+    """torch < 2.8 has no nested compile regions: compile_scope regions then compiles the whole model, unmarked."""
+    from labkit import config
+    from labkit.train import prepare_model
+
+    monkeypatch.delattr(torch.compiler, "nested_compile_region", raising=False)
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, dynamic=None: ("compiled", model))
+    cfg = config.load("params/01_baseline_bert_squad/fast_path_padded.yaml", "smoke")
+    assert cfg.model.compile_scope == "regions"
+    model = tiny_bert()
+    assert prepare_model(cfg, model) == ("compiled", model)
+    assert all("forward" not in vars(block) for block in model.bert.encoder.layer)

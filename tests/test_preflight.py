@@ -74,10 +74,3 @@ def test_a_preset_the_model_family_lacks_is_refused():
     with pytest.raises(ConfigError, match=r"model.preset 'huge' is not a size of bert_squad's model: choose one of \['base'"):
         preflight.check_settings(load(BERT, "smoke", {"model.preset": "huge"}), BERT)
 
-
-def test_nested_compile_regions_on_a_torch_without_them_stop_with_the_setting_to_change(tmp_path, monkeypatch):
-    monkeypatch.delattr(torch.compiler, "nested_compile_region", raising=False)
-    monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("no run may start"))
-    with pytest.raises(ConfigError, match="set model.compile_scope model"):
-        labkit.run("params/01_baseline_bert_squad/fast_path_padded.yaml", "smoke", {"model.compile_scope": "regions"},
-                   runs_dir=tmp_path)
