@@ -9,6 +9,7 @@ and the same batch padded give the same loss.
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -179,5 +180,6 @@ def build_task(cfg: Config) -> Task:
                 real_token_percentiles={p: float(np.percentile(lengths.numpy(), p)) for p in (10, 50, 90)})
     flops, counted = flops_per_feature(cfg, model, info, lengths, sampler)
     info.update(counted)
-    return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=collate, evaluate=evaluate, loss=functools.partial(qa_loss, symbolic_rows=d.pack_tokens is None),
+    loss = functools.partial(qa_loss, symbolic_rows=d.pack_tokens is None)  # rows of one length compile static
+    return Task(model=model, train_set=train_set, val_set=val_set, collate_fn=collate, evaluate=evaluate, loss=loss,
                 flops_per_sample=flops, info=info, train_sampler=sampler)
