@@ -12,7 +12,7 @@ import os
 import time
 import types
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from lightning.fabric import Fabric
@@ -90,10 +90,7 @@ def _outputs_as_copies_of_views(module: nn.Module, args: Any, output: Any) -> An
     changes it in place. T5's first block returns its relative position bias as such a view (a permute of an
     embedding lookup, heads x length x length: a few MB to copy); the later blocks only read it, but the copy
     makes the gradients right by construction, whatever the model does with its blocks' outputs."""
-    from torch.utils._pytree import tree_map
-
-    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and t.requires_grad and t._base is not None
-                    else t, output)
+    return _copies(output, lambda t: t.requires_grad and t._base is not None)
 
 
 def _outer_blocks(module: nn.Module):
@@ -276,11 +273,15 @@ def _outputs_out_of_graph_memory(module: nn.Module, args: Any, output: Any) -> A
     the next block, the same compiled function, would overwrite this one's output while it is its input. With a
     backward pending (training) the outputs are kept for it and nothing is copied. The hook runs outside the
     compiled forward, so the copy is eager memory."""
-    if torch.is_grad_enabled():
-        return output
+    return output if torch.is_grad_enabled() else _copies(output, lambda t: True)
+
+
+def _copies(output: Any, which: Callable[[torch.Tensor], bool]) -> Any:
+    """A block's output (a tensor, or tensors nested in tuples, lists and dicts) with the tensors ``which`` picks
+    cloned, the rest as they were."""
     from torch.utils._pytree import tree_map
 
-    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, output)
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and which(t) else t, output)
 
 
 def make_loaders(cfg: Config, task: Task, fabric: Fabric) -> tuple[DataLoader, DataLoader]:

@@ -39,6 +39,20 @@ def tiny_bert(attn: str = "sdpa") -> torch.nn.Module:
     return AutoModelForQuestionAnswering.from_config(config, attn_implementation=attn)
 
 
+def train_rows(run: torch.nn.Module, model: torch.nn.Module, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step per packed row through ``run`` (``model``, or ``model`` compiled): the losses, and the QA head's
+    weight afterwards."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for row in rows:
+        loss = qa_loss(run, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in row.items()})
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.detach())
+    return torch.stack(losses), model.qa_outputs.weight.detach()
+
+
 def loss_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
     loss = qa_loss(model, batch)
@@ -194,15 +208,7 @@ def test_packed_fast_path_trains_compiled_with_one_graph_for_every_row_length(mo
             model.set_attn_implementation(packing.register())
             torch._dynamo.reset()
             run = prepare_model(cfg, model) if compile_it else model
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-            losses = []
-            for row in rows:
-                loss = qa_loss(run, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in row.items()})
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                losses.append(loss.detach())
-            trained.append((torch.stack(losses), model.qa_outputs.weight.detach()))
+            trained.append(train_rows(run, model, rows))
     finally:
         torch._dynamo.reset()
     (compiled_losses, compiled_weight), (eager_losses, eager_weight) = trained
@@ -356,15 +362,7 @@ def test_each_layer_compiled_once_for_all_and_trained_as_eager(monkeypatch, scop
             torch._dynamo.reset()
             run = prepare_model(cfg, model) if compile_it else model
             assert (run is model) == (scope == "blocks" or not compile_it) and [n for n, _ in model.named_parameters()] == names
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-            losses = []
-            for row in rows:
-                loss = qa_loss(run, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in row.items()})
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                losses.append(loss.detach())
-            trained.append((torch.stack(losses), model.qa_outputs.weight.detach()))
+            trained.append(train_rows(run, model, rows))
     finally:
         torch._dynamo.reset()
     (compiled_losses, compiled_weight), (eager_losses, eager_weight) = trained

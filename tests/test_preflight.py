@@ -73,4 +73,3 @@ def test_on_cuda_is_the_visible_gpu_and_the_accelerator(monkeypatch):
 def test_a_preset_the_model_family_lacks_is_refused():
     with pytest.raises(ConfigError, match=r"model.preset 'huge' is not a size of bert_squad's model: choose one of \['base'"):
         preflight.check_settings(load(BERT, "smoke", {"model.preset": "huge"}), BERT)
-
