@@ -13,7 +13,7 @@ own; the comparison table of this run (configuration, device, samples/s, real to
 epoch time) goes to runs/<profile>/bench/bench.csv and bench.md (bench-<only>.* with --only), with the
 fast paths' goals below it, then each fast path's training loss against its baseline's at the same steps
 (``LOSS_BASELINES``; the curves side by side in bench-loss.png), judged against the baseline's own spread over
-two seeds where the bench runs it twice (``LOSS_NOISE``), and is printed at the end;
+its seeds where the bench runs it more than once (``other_seeds``), and is printed at the end;
 runs/<profile>/bench/bench-ratios.csv holds one row per configuration with exactly the columns of ``RATIO_COLUMNS``: its samples/s, the samples/s of the row it is measured
 against (``BASELINES``: the step it improves on), their ratio, MFU and GPU busy in percent, and peak allocated
 memory in GB. GPU-only configurations on a CPU are recorded as skipped, with the reason.
@@ -75,11 +75,9 @@ LOSS_BASELINES = {"01/fast_path_padded": "01/baseline_bf16", "01/fast_path": "01
 # An item "<params file>@key=value,..." is that configuration with those settings changed (values read as YAML), e.g.
 # "...fast_path_packed.yaml@model.compile_scope=blocks"; --only takes a row name with such a suffix too. The key
 # "seed" is special: "@seed=N" is train.seed N over the same data (data.seed held): other initial weights, batch
-# order and augmentation. How far its loss curve strays from the first run's is the noise against which a fast
-# path's curve is judged (LOSS_NOISE: fast path -> that row).
+# order and augmentation. How far the curves of a LOSS_BASELINES row run with other seeds stray from its first run's
+# is the noise against which a fast path's curve is judged (other_seeds).
 AT = "@"
-LOSS_NOISE = {"03/fast_path": "03/resnext_bf16_channels_last@seed=1", "01/fast_path_padded": "01/baseline_bf16@seed=1",
-              "01/fast_path": "01/baseline_bf16@seed=1", "01/fast_path_packed": "01/baseline_bf16@seed=1"}
 MFU_GOAL_PCT = 30.0  # 01/fast_path_padded, of the GPU's dense bf16 peak
 FIRST_STEP_GOAL_S = 30.0  # 01/fast_path_packed: its first step, compilation included
 EPOCH_GOAL_S = 2.5  # 03/fast_path: its last epoch, data included
@@ -349,20 +347,28 @@ def loss_comparison(records: dict[str, dict]) -> list[str]:
         if not shared:
             lines.append(f"{fast}: no training loss logged at the steps {base} logged")
             continue
-        gap, last, scale = max(abs(mine[k] - theirs[k]) for k in shared), shared[-1], theirs[min(theirs)]
+        widest = max(shared, key=lambda k: abs(mine[k] - theirs[k]))
+        gap, last, scale = abs(mine[widest] - theirs[widest]), shared[-1], theirs[min(theirs)]
         line = (f"{fast}: training loss {mine[last]:.3f} at step {last} against {base}'s {theirs[last]:.3f}; the two "
-                f"curves differ by at most {gap:.3f} at the {len(shared)} steps both logged, {100 * gap / abs(scale):.1f}% "
-                f"of {base}'s first logged loss ({scale:.3f})")
-        if (noise := LOSS_NOISE.get(fast)) in records:
-            again = _train_loss(records[noise])
-            steps = sorted(set(again) & set(theirs) & set(mine))
+                f"curves differ by at most {gap:.3f} (step {widest}) at the {len(shared)} steps both logged, "
+                f"{100 * gap / abs(scale):.1f}% of {base}'s first logged loss ({scale:.3f})")
+        if seeds := other_seeds(base, records):
+            again = [_train_loss(records[name]) for name in seeds]
+            steps = sorted(set(theirs) & set(mine) & set.intersection(*(set(curve) for curve in again)))
             if steps:
-                band = max(abs(again[k] - theirs[k]) for k in steps)
+                band = max(abs(curve[k] - theirs[k]) for curve in again for k in steps)
                 within = max(abs(mine[k] - theirs[k]) for k in steps) <= band
-                line += (f". {noise} (another seed, the same data) differs from {base} by at most {band:.3f} at the same "
-                         f"steps: the fast path's curve is {'within' if within else 'outside'} that noise")
+                one = len(seeds) == 1
+                line += (f". {' and '.join(seeds)} ({'another seed' if one else 'other seeds'}, the same data) "
+                         f"differ{'s' if one else ''} from {base} by at most {band:.3f} at the same steps: the fast "
+                         f"path's curve is {'within' if within else 'outside'} that noise")
         lines.append(line)
     return lines
+
+
+def other_seeds(base: str, records: dict[str, dict]) -> list[str]:
+    """The runs of row ``base`` with another train.seed ('<base>@seed=N') among ``records``: the baseline's own noise."""
+    return sorted(name for name in records if re.fullmatch(rf"{re.escape(base)}{AT}seed=\d+", name))
 
 
 def loss_figure(records: dict[str, dict]) -> Figure | None:
@@ -372,11 +378,11 @@ def loss_figure(records: dict[str, dict]) -> Figure | None:
         return None
     fig = Figure(figsize=(4.5 * len(pairs), 3.6), layout="constrained")
     for ax, (fast, base) in zip(fig.subplots(1, len(pairs), squeeze=False)[0], pairs):
-        for name in (base, LOSS_NOISE.get(fast), fast):
-            if name in records:  # the baseline's second seed, where it ran, dashed: the noise
-                curve = sorted(_train_loss(records[name]).items())
-                ax.plot([k for k, _ in curve], [v for _, v in curve], marker="o", markersize=3, label=name,
-                        linestyle="--" if name == LOSS_NOISE.get(fast) else "-")
+        seeds = other_seeds(base, records)
+        for name in (base, *seeds, fast):  # the baseline's other seeds, where they ran, dashed: the noise
+            curve = sorted(_train_loss(records[name]).items())
+            ax.plot([k for k, _ in curve], [v for _, v in curve], marker="o", markersize=3, label=name,
+                    linestyle="--" if name in seeds else "-")
         ax.set(title=f"{fast}\n{results.device_label(records[fast].get('env', {}))}", xlabel="optimizer step",
                ylabel="training loss")
         ax.legend(fontsize="small")

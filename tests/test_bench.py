@@ -128,8 +128,8 @@ def test_each_fast_path_is_held_against_its_baselines_loss(tmp_path):
                "07/fast_path": logged(3.0)}  # its baseline did not run: no line
     packed, gpt2 = bench.loss_comparison(records)
     assert packed == ("01/fast_path_packed: training loss 2.520 at step 60 against 01/baseline_bf16's 2.500; the two curves "
-                      "differ by at most 0.300 at the 3 steps both logged, 7.5% of 01/baseline_bf16's first logged "
-                      "loss (4.000)")  # step 40: 3.3 against 3.0
+                      "differ by at most 0.300 (step 40) at the 3 steps both logged, 7.5% of 01/baseline_bf16's first "
+                      "logged loss (4.000)")  # step 40: 3.3 against 3.0
     assert gpt2.startswith("06/fast_path: training loss 7.500 at step 40 against 06/r10_adamw's 7.300") and "the 1 steps" in gpt2
     figure = bench.loss_figure(records)
     assert [ax.get_title() for ax in figure.axes] == ["01/fast_path_packed\nNVIDIA H200", "06/fast_path\nNVIDIA H200"]
@@ -144,7 +144,7 @@ def test_two_curves_near_zero_are_compared_on_their_own_scale():
     began at 2.3, not a 33% one."""
     line, = bench.loss_comparison({"03/resnext_bf16_channels_last": logged(2.3, 0.5, 0.033),
                                    "03/fast_path": logged(2.31, 0.52, 0.044)})
-    assert line.endswith("differ by at most 0.020 at the 3 steps both logged, 0.9% of "
+    assert line.endswith("differ by at most 0.020 (step 40) at the 3 steps both logged, 0.9% of "
                          "03/resnext_bf16_channels_last's first logged loss (2.300)")
 
 
@@ -180,6 +180,24 @@ def test_a_fast_paths_curve_is_judged_against_its_baselines_noise():
                                 "03/fast_path": logged(2.3, 1.3, 0.1)})
     assert [(line.get_label(), line.get_linestyle()) for line in figure.axes[0].get_lines()] == [
         ("03/resnext_bf16_channels_last", "-"), ("03/resnext_bf16_channels_last@seed=1", "--"), ("03/fast_path", "-")]
+
+
+def test_the_noise_is_the_widest_spread_of_all_the_baselines_seeds():
+    """Seeds 1 and 2 stray from the first run by at most 0.2 and 0.5: a fast path 0.4 away is within the noise of
+    both together, though outside seed 1's alone. A seed row with other settings changed is no seed of the baseline."""
+    base = logged(4.0, 3.0, 2.5)
+    records = {"01/baseline_bf16": base, "01/baseline_bf16@seed=2": logged(4.5, 3.1, 2.5),
+               "01/baseline_bf16@seed=1": logged(4.2, 3.0, 2.5), "01/baseline_bf16@seed=1,train.lr=1": logged(9.0, 9.0, 9.0),
+               "01/fast_path_packed": logged(3.6, 3.0, 2.5)}
+    line, = bench.loss_comparison(records)
+    assert "differ by at most 0.400 (step 20)" in line
+    assert line.endswith("01/baseline_bf16@seed=1 and 01/baseline_bf16@seed=2 (other seeds, the same data) differ from "
+                         "01/baseline_bf16 by at most 0.500 at the same steps: the fast path's curve is within that noise")
+    del records["01/baseline_bf16@seed=2"]
+    assert bench.loss_comparison(records)[0].endswith("by at most 0.200 at the same steps: the fast path's curve is "
+                                                      "outside that noise")
+    labels = [line.get_label() for line in bench.loss_figure(records).axes[0].get_lines()]
+    assert labels == ["01/baseline_bf16", "01/baseline_bf16@seed=1", "01/fast_path_packed"]
 
 
 def test_a_seed_item_reruns_its_configuration_with_another_seed_over_the_same_data(tmp_path, monkeypatch):
