@@ -261,8 +261,13 @@ def mark_repeated_blocks(model: nn.Module) -> None:
 
 def _nested_region(forward: Any) -> Any:
     # A new function, not the class's own: marking the class's forward would mark it for every model in the process.
+    # A region may not return one of its inputs as it is (T5's blocks hand on the position bias they were given):
+    # such an output leaves as a copy.
     def region(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return forward(self, *args, **kwargs)
+        from torch.utils._pytree import tree_leaves
+
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        return _copies(forward(self, *args, **kwargs), lambda t: any(t is x for x in inputs))
 
     return torch.compiler.nested_compile_region(region)
 

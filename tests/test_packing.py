@@ -406,3 +406,41 @@ def test_regions_on_a_torch_without_them_compile_the_whole_model(monkeypatch):
     model = tiny_bert()
     assert prepare_model(cfg, model) == ("compiled", model)
     assert all("forward" not in vars(block) for block in model.bert.encoder.layer)
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "nested_compile_region"), reason="nested compile regions need torch >= 2.8")
+def test_regions_hand_on_an_input_a_block_returns_as_a_copy():
+    """T5's blocks return the position bias they were given, and a nested region may not return an input as it is
+    (torch raises "Encountered aliasing during higher order op tracing"), so the region returns a copy of it. A
+    tiny T5 then compiles as one graph (aot_eager on a CPU) and its loss and gradients equal the eager model's.
+    (transformers' output hooks mutate state inside T5's blocks, so torch inlines these regions into the graph.)"""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from labkit.train import mark_repeated_blocks
+
+    config = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.0,
+                      decoder_start_token_id=0, pad_token_id=0)
+    ids, labels = torch.randint(0, 64, (2, 10)), torch.randint(1, 64, (2, 5))
+    graphs, grads = [], []
+
+    def counting(gm, inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
+
+    try:
+        for regions in (True, False):
+            torch.manual_seed(0)
+            model = T5ForConditionalGeneration(config)
+            if regions:
+                mark_repeated_blocks(model)
+                torch._dynamo.reset()
+            run = torch.compile(model, backend=counting) if regions else model
+            loss = run(input_ids=ids, labels=labels).loss
+            loss.backward()
+            grads.append((loss.detach(), [p.grad for p in model.parameters()]))
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+    (compiled_loss, compiled_grads), (eager_loss, eager_grads) = grads
+    assert torch.allclose(compiled_loss, eager_loss, atol=1e-6)
+    assert all((a is None and b is None) or torch.allclose(a, b, atol=1e-6) for a, b in zip(compiled_grads, eager_grads))
