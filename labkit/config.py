@@ -194,7 +194,7 @@ class ModelConfig(_Section):
     # graph a step), every block (transformer layer) traced and compiled anew. regions: the same one graph, but a
     # block is compiled once and its code reused for every block of its kind (nested compile regions; torch < 2.8
     # has none and compiles as model), so compilation no longer grows with depth (BERT: the first step halved; GPT-2:
-    # slower steps; T5: torch inlines the regions, as model, docs/benchmarks.md). blocks: each block compiled on
+    # slower steps; T5: torch inlines the regions, as model; docs/benchmarks.md). blocks: each block compiled on
     # its own, one compilation for all, and the embeddings, head and loss run eager between the blocks' graphs
     compile_scope: Literal["model", "regions", "blocks"] = "model"
     finetune: Literal["full", "lora"] = "full"
