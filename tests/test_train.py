@@ -60,6 +60,39 @@ def test_profiled_steps_name_the_operators_that_took_the_time(tmp_path):
     assert ops == sorted(ops, key=lambda o: (o["device_ms_per_step"], o["cpu_ms_per_step"]), reverse=True)  # no device here: host time orders them
 
 
+def test_training_steps_run_with_the_set_up_heap_frozen(monkeypatch):
+    """Everything alive when training starts (here a heap of 200,000 tracked objects, as a data set's features are)
+    is frozen through the steps, so a full collection there walks only what training made; afterwards the
+    collector sees all of it again."""
+    import gc
+
+    from labkit.measure.meter import Meter
+
+    held = [[i] for i in range(200_000)]  # noqa: F841 - tracked containers that outlive set-up
+    frozen, step_end = [], Meter.step_end
+    monkeypatch.setattr(Meter, "step_end", lambda self, step, epoch: frozen.append(gc.get_freeze_count()) or
+                        step_end(self, step, epoch))
+    cfg, task = make(max_steps=4)
+    summary = fit(cfg, task, make_fabric(cfg))["summary"]
+    assert len(frozen) == 4 and min(frozen) > 200_000
+    assert gc.get_freeze_count() == 0
+    assert summary["gc_full_collections"] == 0 and summary["gc_pause_s"] >= 0  # the collector's pauses, measured
+
+
+def test_the_collectors_pauses_during_training_are_counted(monkeypatch):
+    """A full collection forced at every step is counted, and its time is host time the record keeps."""
+    import gc
+
+    from labkit.measure.meter import Meter
+
+    step_end = Meter.step_end
+    monkeypatch.setattr(Meter, "step_end", lambda self, step, epoch: gc.collect() or step_end(self, step, epoch))
+    cfg, task = make(max_steps=3)
+    summary = fit(cfg, task, make_fabric(cfg))["summary"]
+    assert summary["gc_full_collections"] >= 3 and summary["gc_pause_s"] > 0
+    assert not any(type(c).__name__ == "CollectorPauses" for c in gc.callbacks)  # unregistered after training
+
+
 def test_max_steps_and_grad_accum_count_optimizer_steps():
     cfg, task = make(max_steps=5, grad_accum=2)
     out = fit(cfg, task, make_fabric(cfg))

@@ -15,11 +15,13 @@ No instrument may change the figure it measures (each well under 2% of a step):
   window: neither the profiler nor what it leaves behind (its buffers, its CUPTI callbacks) touches a
   measured step;
 * NVTX ranges are emitted only with ``measure.nvtx`` on and a tool attached that records them (Nsight
-  Systems sets NVTX_INJECTION64_PATH in the processes it profiles).
+  Systems sets NVTX_INJECTION64_PATH in the processes it profiles);
+* Python's garbage collections are timed by the collector's own callback, two clock readings a collection.
 """
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from collections.abc import Iterator
@@ -71,6 +73,22 @@ def devices_of_process(fabric: Fabric, model: torch.nn.Module) -> list[torch.dev
     if isinstance(fabric.strategy, DataParallelStrategy):
         return list(fabric.strategy.parallel_devices)
     return devices_of(model, fabric.device)
+
+
+class CollectorPauses:
+    """Python's garbage collections while it is registered (gc.callbacks): how many walked the whole heap
+    (generation 2) and the seconds spent in all of them, host time in which no step is launched."""
+
+    def __init__(self) -> None:
+        self.full, self.seconds, self._start = 0, 0.0, None
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self.full += info["generation"] == 2
+            self._start = None
 
 
 class Meter:
@@ -168,10 +186,13 @@ class Meter:
             self._compiled = compilations()
         self.bar = progress_bar(total=total_steps, desc=self.cfg.task, unit="step", disable=self.fabric.global_rank != 0)
         self._shown = (time.perf_counter(), 0)
+        self.collector = CollectorPauses()
+        gc.callbacks.append(self.collector)
         with GPUSampler(m.gpu_sample_interval, device_index=[d.index or 0 for d in self.devices]) as self.sampler:
             try:
                 yield self
             finally:
+                gc.callbacks.remove(self.collector)
                 self.profiler.stop(self.step)
                 self._drain_losses(wait=True)
                 self.bar.close()
@@ -226,6 +247,8 @@ class Meter:
             **computed_memory_gb(self.model, self.optimizer),
             **self.profiler.summary(),
             **self.sampler.summary(self.windows),
+            "gc_full_collections": self.collector.full,  # during training, validation included
+            "gc_pause_s": self.collector.seconds,
         }
         if self.compiling:
             summary.update(compilations=compilations() - self._compiled, compilations_in_steady_state=self.steady_compiled)
