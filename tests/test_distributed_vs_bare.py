@@ -19,7 +19,8 @@ def test_a_row_with_overrides_keeps_its_configuration_and_bare_loop():
 def test_csv_ratios_against_the_bare_loop_and_the_one_gpu_run(tmp_path):
     rows = {r.key: r for r in side.ROWS}
     measured = [(rows["single"], {"status": "ok", "devices": 1, "summary": {"samples_per_s": 600.0, "peak_allocated_gb": 6.7}}),
-                (rows["ddp"], {"status": "ok", "devices": 2, "summary": {"samples_per_s": 1140.0, "peak_allocated_gb": 7.1}}),
+                (rows["ddp"], {"status": "ok", "devices": 2, "summary": {"samples_per_s": 1140.0, "peak_allocated_gb": 7.1,
+                                                                         "gc_pause_s": 0.0123}}),
                 (rows["dp"], {"status": "ok", "devices": 2, "summary": {"samples_per_s": 300.0}}),
                 (rows["deepspeed"], {"status": "skipped", "devices": 2, "summary": {}})]
     bare = {("none", 1, 0): {"samples_per_s": 800.0}, ("ddp", 2, 0): {"samples_per_s": 1200.0}}
@@ -31,7 +32,7 @@ def test_csv_ratios_against_the_bare_loop_and_the_one_gpu_run(tmp_path):
                                                     "vs_bare", "scaling_efficiency", "peak_allocated_gb"]
     ddp = table["ddp"]
     assert float(ddp["vs_bare"]) == 0.95 and float(ddp["scaling_efficiency"]) == 0.95
-    assert float(ddp["bare_scaling_efficiency"]) == 0.75
+    assert float(ddp["bare_scaling_efficiency"]) == 0.75 and float(ddp["gc_pause_s"]) == 0.012
     assert table["dp (DataParallel)"]["bare_samples_per_s"] == "" and float(table["dp (DataParallel)"]["scaling_efficiency"]) == 0.25
     assert table["deepspeed ZeRO-2"]["status"] == "skipped" and table["deepspeed ZeRO-2"]["samples_per_s"] == ""
 
