@@ -76,8 +76,8 @@ def devices_of_process(fabric: Fabric, model: torch.nn.Module) -> list[torch.dev
 
 
 class CollectorPauses:
-    """Python's garbage collections while it is registered (gc.callbacks): how many walked the whole heap
-    (generation 2) and the seconds spent in all of them, host time in which no step is launched."""
+    """Python's garbage collections while it is registered (gc.callbacks): how many were full collections (of the
+    oldest generation, 2) and the seconds spent in all of them, host time in which no step is launched."""
 
     def __init__(self) -> None:
         self.full, self.seconds, self._start = 0, 0.0, None
