@@ -156,7 +156,13 @@ def record_row(record: dict) -> dict:
             "final_train_loss": s.get("final_train_loss"),  # the mean over the last log_every steps
             "steps": s.get("steps"), "mean_real_tokens": info.get("mean_real_tokens"),
             "mfu_counts": info.get("flops_counted"), "attention": info.get("attention"),
-            "data": info.get("data_source"), "note": record.get("error") or p.get("description", "")}
+            "data": info.get("data_source"), "note": brief(record["error"]) if record.get("error") else p.get("description", "")}
+
+
+def brief(error: str, limit: int = 400) -> str:
+    """An error on one line for the table, cut at ``limit`` characters; the record keeps the whole of it."""
+    line = " ".join(error.split())
+    return line if len(line) <= limit else line[:limit].rstrip() + " … (the whole error is in the row's results record)"
 
 
 def trainer_row(profile: str, steps: int | None, directory: Path) -> dict:
@@ -401,7 +407,7 @@ def _cell(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
-    return str(value).replace("|", "/")
+    return " ".join(str(value).split()).replace("|", "/")  # a Markdown table's cell holds one line
 
 
 def main(argv: list[str] | None = None) -> int:

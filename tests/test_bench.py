@@ -246,3 +246,18 @@ def test_each_row_compiles_from_empty_caches(monkeypatch):
         seen.append(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     assert seen[0] != seen[1] and not os.path.exists(seen[0]) and os.environ.get("TORCHINDUCTOR_CACHE_DIR") == before
     assert hasattr(inductor, "fresh_cache") or hasattr(inductor, "fresh_inductor_cache")
+
+
+def test_a_failed_rows_error_is_one_line_of_the_table_and_the_record_keeps_it_whole():
+    """torch's compile errors run to dozens of lines (a graph dump): the table's note is their first 400 characters
+    on one line, so the Markdown table keeps one line a row."""
+    import pandas as pd
+
+    error = "UncapturedHigherOrderOpError: aliasing\n\n  Hint: return input.clone()\n" + "  %node : placeholder\n" * 200
+    record = {"status": "failed", "error": error, "run": {"params_file": "params/07_t5_model_parallel/fast_path.yaml"},
+              "params": {"description": "the fast path"}, "env": {"device": "cuda", "device_name": "NVIDIA H200"}}
+    note = bench.record_row(record)["note"]
+    assert note.startswith("UncapturedHigherOrderOpError: aliasing Hint: return input.clone() %node")
+    assert "\n" not in note and note.endswith("(the whole error is in the row's results record)") and len(note) < 500
+    table = pd.DataFrame([{"configuration": "07/fast_path", "note": "two\nlines | and a bar"}]).set_index("configuration")
+    assert bench.markdown(table).splitlines()[-1] == "| 07/fast_path | two lines / and a bar |"
