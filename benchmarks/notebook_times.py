@@ -23,6 +23,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from labkit.launch.runall import cell_times
+
 COLUMNS = ["config", "notebook_s", "cells_s", "run_cell_s", "launch_wall_s", "record_s", "train_time_s", "val_time_s",
            "samples_per_s"]
 
@@ -30,13 +32,12 @@ COLUMNS = ["config", "notebook_s", "cells_s", "run_cell_s", "launch_wall_s", "re
 def times(notebook: Path) -> dict:
     """The row of one executed notebook (its record beside it, in the folder of its configuration's name)."""
     executed, record = json.loads(notebook.read_text()), json.loads((notebook.with_suffix("") / "result.json").read_text())
-    cells = [c for c in executed["cells"] if c["cell_type"] == "code"]
-    took = lambda cell: cell["metadata"].get("papermill", {}).get("duration") or 0.0  # noqa: E731
+    cells = cell_times(notebook)
     when = lambda s: dt.datetime.strptime(s, "%Y-%m-%d %H:%M:%S")  # noqa: E731
     summary = record.get("summary", {})
     return {"config": notebook.stem, "notebook_s": executed["metadata"]["papermill"]["duration"],
-            "cells_s": sum(map(took, cells)),
-            "run_cell_s": sum(took(c) for c in cells if "labkit.run(" in "".join(c["source"])),
+            "cells_s": sum(seconds for seconds, _ in cells),
+            "run_cell_s": sum(seconds for seconds, source in cells if "labkit.run(" in source),
             "launch_wall_s": record.get("launch", {}).get("wall_s"),
             "record_s": (when(record["run"]["finished"]) - when(record["run"]["started"])).total_seconds(),
             **{k: summary.get(k) for k in ("train_time_s", "val_time_s", "samples_per_s")}}

@@ -203,18 +203,22 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> int:
     return 1 if summary(rows)["failed"] else 0
 
 
+def cell_times(notebook: Path) -> list[tuple[float, str]]:
+    """(seconds, source) of each code cell of an executed notebook, from papermill's timings (0 for a cell not run)."""
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if c.get("cell_type") == "code"]
+    return [(c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0, "".join(c.get("source", ""))) for c in cells]
+
+
 def slowest_cells(notebook: Path, count: int = 2) -> str:
     """' (cells 62 s; slowest: 35 s `record = labkit.run(...`, 4 s `plots...`)' from papermill's timings of an executed
     notebook: where a configuration's time went (the rest of its time is the kernel's start)."""
     try:
-        cells = [c for c in json.loads(notebook.read_text())["cells"] if c.get("cell_type") == "code"]
+        timed = sorted(cell_times(notebook), key=lambda pair: pair[0], reverse=True)
     except (OSError, ValueError, KeyError):
         return ""
-    timed = sorted(((c.get("metadata", {}).get("papermill", {}).get("duration") or 0.0, c) for c in cells),
-                   key=lambda pair: pair[0], reverse=True)
     shown = []
-    for seconds, cell in timed[:count]:
-        code = [line.strip() for line in "".join(cell.get("source", "")).splitlines() if line.strip() and not line.strip().startswith("#")]
+    for seconds, source in timed[:count]:
+        code = [line.strip() for line in source.splitlines() if line.strip() and not line.strip().startswith("#")]
         first = next((line for line in code if not line.startswith(("import ", "from "))), code[0] if code else "")
         shown.append(f"{seconds:.0f} s `{first[:48]}`")
     return f" (cells {sum(t for t, _ in timed):.0f} s; slowest: {', '.join(shown)})" if shown else ""
