@@ -23,6 +23,7 @@ from lightning.fabric.plugins.environments import TorchElasticEnvironment
 from lightning.fabric.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.data import DataLoader
 
 from labkit import preflight
@@ -281,8 +282,6 @@ def _nested_region(forward: Any) -> Any:
     # A region may not return one of its inputs as it is (T5's blocks hand on the position bias they were given):
     # such an output leaves as a copy.
     def region(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        from torch.utils._pytree import tree_leaves
-
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         return _copies(forward(self, *args, **kwargs), lambda t: any(t is x for x in inputs))
 
@@ -301,8 +300,6 @@ def _outputs_out_of_graph_memory(module: nn.Module, args: Any, output: Any) -> A
 def _copies(output: Any, which: Callable[[torch.Tensor], bool]) -> Any:
     """A block's output (a tensor, or tensors nested in tuples, lists and dicts) with the tensors ``which`` picks
     cloned, the rest as they were."""
-    from torch.utils._pytree import tree_map
-
     return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and which(t) else t, output)
 
 
