@@ -246,6 +246,11 @@ class TrainConfig(_Section):
     keep_best: bool = False
     eval_batches: int | None = Field(None, gt=0)  # cap on validation batches (None: all)
     log_every: int = Field(10, gt=0)
+    # Python's full garbage collections (of the oldest generation) during training. deferred: none starts inside a
+    # step; one runs at each validation and epoch end instead, where every rank pauses anyway (Megatron-LM's manual
+    # GC). automatic: Python starts them when its counters say, in whatever step that is; under DDP every rank then
+    # waits at the next all-reduce for the one collecting.
+    gc: Literal["deferred", "automatic"] = "deferred"
 
     @model_validator(mode="before")
     @classmethod

@@ -148,12 +148,13 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
         """Validate, record, keep the weights if best (train.keep_best); its time adds to val_time_s, apart from training."""
         nonlocal best, val_time
         start = time.perf_counter()
+        collect()  # with train.gc: deferred, the full collection kept out of the steps runs here
         meter.validated(epoch, validate(cfg, task, model, val_loader, fabric))
         val_time += time.perf_counter() - start  # validate() ends on .item(): the device has finished
         best = keep_if_best(t, model, meter, best)
 
     copying = cfg.data.copy_stream and fabric.device.type == "cuda"
-    with settled_heap(), meter.training(model, optimizer, total_steps):
+    with settled_heap(t.gc == "deferred") as collect, meter.training(model, optimizer, total_steps):
         for epoch in range(t.epochs):
             model.train()
             batches = device_batches(train_loader, fabric) if copying else iter(train_loader)
@@ -190,6 +191,8 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
                             validation(epoch + (micro + 1) / micro_steps)
             if t.eval_every_epoch or step == total_steps:
                 validation(epoch + 1)
+            else:
+                collect()
             if step == total_steps:
                 break
     return meter.result(task.flops_per_sample, **counts, **finish(cfg, task, model, fabric, best), val_time_s=val_time,
@@ -197,17 +200,25 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
 
 
 @contextlib.contextmanager
-def settled_heap() -> Iterator[None]:
+def settled_heap(deferred: bool) -> Iterator[Callable[[], None]]:
     """Around training: what the process holds by now (data set, tokenizer, model, libraries) is collected once and
-    frozen (gc.freeze), so that Python's full collections during training walk only what training creates. Without
-    it a full collection walks every object: half a million in a small run, a quarter of a second on a CPU, a stall
-    of the step it falls in (the bare loops, with small heaps, do not pay it), and under DDP every rank waits at the
-    next all-reduce for the one that collects."""
+    frozen (gc.freeze), so that a full collection during training walks only what training creates. Without it a
+    full collection walks every object: half a million in a small run, a quarter of a second on a CPU, a stall of
+    the step it falls in (the bare loops, with small heaps, do not pay it), and under DDP every rank waits at the
+    next all-reduce for the one that collects.
+
+    ``deferred`` (train.gc): Python starts no full collection inside a step (the young generations, which hold a
+    step's garbage, are still collected as usual); the loop runs one at each validation and epoch end through the
+    function yielded, a no-op otherwise."""
     gc.collect()
     gc.freeze()
+    thresholds = gc.get_threshold()
+    if deferred:  # a full collection waits for this many collections of generation 1: never, within a run
+        gc.set_threshold(thresholds[0], thresholds[1], 2**30)
     try:
-        yield
+        yield gc.collect if deferred else (lambda: None)
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
 
 

@@ -218,3 +218,13 @@ def test_cuda_graphs_keep_the_whole_runs_memory_peak(monkeypatch, mode, resets):
     cfg.model.compile_mode = mode
     run_meter(cfg, total=4, slow=set())
     assert len(calls) == resets
+
+
+def test_collector_pauses_inside_the_steady_windows_are_told_apart():
+    """Each collection is kept with its start; only those that began inside a steady window count as the steps'."""
+    from labkit.measure.meter import CollectorPauses
+
+    pauses = CollectorPauses()
+    pauses.pauses = [(1.0, 0.25, 2), (5.0, 0.5, 2), (5.5, 0.125, 0), (9.0, 1.0, 1)]
+    assert pauses.full == 2 and pauses.seconds() == 1.875
+    assert pauses.seconds([(4.0, 6.0)]) == 0.625 and pauses.seconds([(0.0, 1.0), (6.0, 9.0)]) == 0.0

@@ -76,7 +76,44 @@ def test_training_steps_run_with_the_set_up_heap_frozen(monkeypatch):
     summary = fit(cfg, task, make_fabric(cfg))["summary"]
     assert len(frozen) == 4 and min(frozen) > 200_000
     assert gc.get_freeze_count() == 0
-    assert summary["gc_full_collections"] == 0 and summary["gc_pause_s"] >= 0  # the collector's pauses, measured
+    # one full collection, the one deferred to the validation that ends the run (train.gc: deferred)
+    assert summary["gc_full_collections"] == 1 and summary["gc_pause_s"] >= summary["gc_steady_pause_s"] >= 0
+
+
+@pytest.mark.parametrize("policy", ["deferred", "automatic"])
+def test_full_collections_wait_for_validation_unless_python_decides(monkeypatch, policy):
+    """Each step makes 200,000 containers that live until the next step's, long enough to reach the oldest
+    generation, and so enough for Python to start full collections inside the steps; with train.gc: deferred none
+    starts there, one runs at the validation instead, and Python's thresholds are as they were afterwards."""
+    import gc
+
+    from labkit.measure.meter import Meter
+
+    started, in_steps, step_end, kept = [], [], Meter.step_end, []
+
+    def littering_step_end(self, step, epoch):
+        before = len(started)
+        kept[:] = [[[] for _ in range(200_000)]]  # the previous step's containers die here
+        in_steps.extend(started[before:])
+        step_end(self, step, epoch)
+
+    def seen(phase, info):
+        if phase == "start":
+            started.append(info["generation"])
+
+    monkeypatch.setattr(Meter, "step_end", littering_step_end)
+    thresholds = gc.get_threshold()
+    cfg, task = make(max_steps=4, gc=policy)
+    gc.callbacks.append(seen)
+    try:
+        summary = fit(cfg, task, make_fabric(cfg))["summary"]
+    finally:
+        gc.callbacks.remove(seen)
+    assert in_steps and gc.get_threshold() == thresholds
+    if policy == "deferred":
+        assert 2 not in in_steps and summary["gc_full_collections"] == 1  # at the validation
+    else:
+        assert in_steps.count(2) >= 2 and summary["gc_full_collections"] >= 2
 
 
 def test_the_collectors_pauses_during_training_are_counted(monkeypatch):

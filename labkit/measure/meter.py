@@ -76,19 +76,27 @@ def devices_of_process(fabric: Fabric, model: torch.nn.Module) -> list[torch.dev
 
 
 class CollectorPauses:
-    """Python's garbage collections while it is registered (gc.callbacks): how many were full collections (of the
-    oldest generation, 2) and the seconds spent in all of them, host time in which no step is launched."""
+    """Python's garbage collections while it is registered (gc.callbacks), each kept as (start, seconds, generation):
+    host time in which no step is launched. ``full``: how many collected the oldest generation (2)."""
 
     def __init__(self) -> None:
-        self.full, self.seconds, self._start = 0, 0.0, None
+        self.pauses: list[tuple[float, float, int]] = []
+        self._start = 0.0
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._start = time.perf_counter()
-        elif self._start is not None:
-            self.seconds += time.perf_counter() - self._start
-            self.full += info["generation"] == 2
-            self._start = None
+        else:
+            self.pauses.append((self._start, time.perf_counter() - self._start, info["generation"]))
+
+    @property
+    def full(self) -> int:
+        return sum(generation == 2 for _, _, generation in self.pauses)
+
+    def seconds(self, windows: list[tuple[float, float]] | None = None) -> float:
+        """Seconds collecting, all of them or only those of collections that began inside ``windows``."""
+        return sum(took for start, took, _ in self.pauses
+                   if windows is None or any(a <= start < b for a, b in windows))
 
 
 class Meter:
@@ -248,7 +256,8 @@ class Meter:
             **self.profiler.summary(),
             **self.sampler.summary(self.windows),
             "gc_full_collections": self.collector.full,  # during training, validation included
-            "gc_pause_s": self.collector.seconds,
+            "gc_pause_s": self.collector.seconds(),
+            "gc_steady_pause_s": self.collector.seconds(self.windows),  # inside the steady state's steps
         }
         if self.compiling:
             summary.update(compilations=compilations() - self._compiled, compilations_in_steady_state=self.steady_compiled)

@@ -80,7 +80,7 @@ SUMMARY_COLUMNS = {
     "train_time_s": "training time (s)", "samples_per_s": "samples/s", "tokens_per_s": "real tokens/s",
     "step_s": "step (s)", "step_iqr_s": "step IQR (s)", "mean_over_median": "mean step / median",
     "data_s": "loader wait (s)", "fwd_bwd_s": "forward+backward (s)", "optimizer_s": "optimizer (s)",
-    "wait_s": "device waiting (s)", "gc_pause_s": "GC pause (s)",
+    "wait_s": "device waiting (s)", "gc_steady_pause_s": "GC pause in steps (s)",
     "mfu": "MFU", "peak_allocated_gb": "peak allocated (GB)", "peak_reserved_gb": "peak reserved (GB)",
     "gpu_util_mean_pct": "GPU util (%)", "gpu_temp_max_c": "max temp (°C)",
     "first_train_loss": "first train loss", "final_train_loss": "final train loss", "final_val_loss": "final val loss",
