@@ -324,6 +324,9 @@ class LaunchConfig(_Section):
     timeout_s: float = Field(3600, gt=0)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     memory_gb: float | None = Field(None, gt=0)  # host memory per node a SLURM job asks for; None: the partition's default
+    # Each rank runs on the CPU cores nearest its GPU (NVML's affinity of the GPU, within the cores this job may
+    # use), so that the host's kernel launches and copies stay on the GPU's own socket; a no-op without NVML.
+    bind_cpus: bool = False
 
 
 class Config(_Section):

@@ -245,3 +245,31 @@ def test_deepspeed_missing_is_skipped_with_the_install_command(tmp_path):
     record = labkit.run("params/05_ddp_fsdp/deepspeed.yaml", "smoke", runs_dir=tmp_path)
     assert record["status"] == "skipped" and "pip install '.[deepspeed]'" in record["error"]
     assert "launch" not in record  # no process was started
+
+
+def test_a_rank_binds_to_the_cpu_cores_nvml_names_for_its_gpu(monkeypatch):
+    """launch.bind_cpus: the rank's GPU is found through CUDA_VISIBLE_DEVICES, its nearest cores come from NVML's
+    bit mask, and only those this process may use are kept; without NVML nothing is bound."""
+    import sys
+    import types
+
+    from labkit.launch.worker import bind_to_gpu_cores
+
+    asked, bound = [], []
+    allowed = {1, 2, 3, 64, 65}
+    fake = types.SimpleNamespace(
+        NVMLError=RuntimeError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: asked.append(i) or i,
+        nvmlDeviceGetCpuAffinity=lambda handle, words: [0b1100, 0b1, 0][:words])  # cores 2, 3 and 64
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr("os.cpu_count", lambda: 130)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: allowed)
+    monkeypatch.setattr("os.sched_setaffinity", lambda pid, cores: bound.append(set(cores)))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,3")
+    assert bind_to_gpu_cores(1) == {2, 3, 64} and bound == [{2, 3, 64}] and asked == [3]
+
+    allowed = {7}  # none of the GPU's cores is ours: leave the process as it is
+    assert bind_to_gpu_cores(0) is None and len(bound) == 1
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml fails: no NVML here
+    assert bind_to_gpu_cores(0) is None and len(bound) == 1

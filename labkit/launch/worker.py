@@ -80,6 +80,32 @@ def watch(launcher: dict) -> None:
     threading.Thread(target=poll, name="labkit-launcher-watchdog", daemon=True).start()
 
 
+def bind_to_gpu_cores(local_rank: int) -> set[int] | None:
+    """Restrict this process (and the threads and data-loader workers it starts later) to the CPU cores NVML names
+    as nearest the rank's GPU, within those it may use now; returns them, or None where NVML cannot say (no NVIDIA
+    driver, a CPU run) or none of them is allowed here."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no NVML library, or no driver
+        return None
+    try:
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        gpu = int(visible[local_rank]) if visible else local_rank
+        words = pynvml.nvmlDeviceGetCpuAffinity(pynvml.nvmlDeviceGetHandleByIndex(gpu), (os.cpu_count() + 63) // 64)
+        near = {64 * i + bit for i, word in enumerate(words) for bit in range(64) if word >> bit & 1}
+    except (pynvml.NVMLError, ValueError, IndexError):  # a GPU given by UUID, or NVML without this GPU
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+    cores = near & os.sched_getaffinity(0)
+    if not cores:
+        return None
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # first: torch takes seconds to import, and torchrun may be killed meanwhile
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the launcher's stack dump of a hung rank
@@ -88,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     watch(spec["launcher"])
     rank = int(os.environ["RANK"])
     status = spec_path.parent / f"rank{rank}.json"
+    if spec["params"]["launch"]["bind_cpus"]:  # before torch starts its threads, which inherit the binding
+        cores = bind_to_gpu_cores(int(os.environ["LOCAL_RANK"]))
+        print(f"bound to the {len(cores)} CPU cores nearest this rank's GPU" if cores else
+              "launch.bind_cpus: not bound, NVML cannot say which CPU cores are nearest this rank's GPU", flush=True)
 
     import torch.distributed as dist
 
