@@ -192,7 +192,7 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
             if t.eval_every_epoch or step == total_steps:
                 validation(epoch + 1)
             else:
-                collect()
+                collect()  # the epoch's end, with no validation to hold the deferred collection
             if step == total_steps:
                 break
     return meter.result(task.flops_per_sample, **counts, **finish(cfg, task, model, fabric, best), val_time_s=val_time,
