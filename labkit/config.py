@@ -197,6 +197,10 @@ class ModelConfig(_Section):
     # slower steps; T5: torch inlines the regions, as model; docs/benchmarks.md). blocks: each block compiled on
     # its own, one compilation for all, and the embeddings, head and loss run eager between the blocks' graphs
     compile_scope: Literal["model", "regions", "blocks"] = "model"
+    # Inductor's options laid over compile_mode's (torch._inductor.list_options() names them all), e.g.
+    # {conv_1x1_as_mm: true}: ResNeXt's 1x1 convolutions as matrix products, or {coordinate_descent_tuning: true}:
+    # each generated kernel's block sizes tuned by measurement (longer compilation)
+    compile_options: dict[str, bool | int | float | str] = {}
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     split_devices: int = Field(1, gt=0)  # layer-wise model parallel over this many GPUs (T5)
@@ -205,6 +209,9 @@ class ModelConfig(_Section):
     def _check(self) -> "ModelConfig":
         if self.weights == "local" and not self.path:
             raise ValueError("model.weights is 'local' but model.path is not set: set model.path to the folder")
+        if self.compile_options and not self.compile:
+            raise ValueError("model.compile_options are torch.compile's options, but model.compile is false: set "
+                             "model.compile true, or leave model.compile_options out")
         if self.compile_scope != "model" and not self.compile:
             raise ValueError(f"model.compile_scope '{self.compile_scope}' says what torch.compile compiles, but "
                              "model.compile is false: set model.compile true, or leave model.compile_scope out")
@@ -465,7 +472,8 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
         field = section.model_fields.get(key) if section else None
         section = field.annotation if field and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
         node = tree.setdefault(key, {})
-        if (field and section is None) or not isinstance(node, dict):  # unknown keys: left to validation's did-you-mean
+        mapping = field is not None and get_origin(field.annotation) is dict and depth == len(parents) - 1
+        if (field and section is None and not mapping) or not isinstance(node, dict):  # unknown keys: left to validation's did-you-mean
             setting = ".".join(parents[:depth + 1])
             raise ConfigError(f"override '{dotted}': {setting} is a setting, not a section, so it has no key "
                               f"'{(parents + [leaf])[depth + 1]}'; write {{'{setting}': value}}")

@@ -68,6 +68,15 @@ def setting_conflicts(cfg: Config) -> list[str]:
     if m.split_devices > 1 and t.devices * t.num_nodes > 1:
         problems.append("model.split_devices places one model over several GPUs in one process; it does not combine "
                         "with train.devices x num_nodes > 1 (data parallel): set one of them to 1")
+    if m.compile_options:
+        import difflib
+
+        from torch._inductor import list_options
+
+        for name in m.compile_options.keys() - set(known := list_options()):
+            near = difflib.get_close_matches(name, known, n=1)
+            problems.append(f"model.compile_options: {name!r} is not an option of torch.compile's inductor"
+                            + (f": did you mean {near[0]!r}?" if near else " (torch._inductor.list_options() names them)"))
     if m.split_devices > 1 and cfg.task != "t5_qa":
         problems.append(f"model.split_devices is {m.split_devices}, but only t5_qa has a layer-split model: set it to 1")
     return problems

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -264,17 +265,28 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
             limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), tokens // d.pad_multiple + 8))
         mode = cfg.model.compile_mode
+        compile_ = functools.partial(torch.compile, dynamic=dynamic, **compile_settings(mode, cfg.model.compile_options, dynamic))
         if cfg.model.compile_scope == "regions" and hasattr(torch.compiler, "nested_compile_region"):
             mark_repeated_blocks(model)  # before torch 2.8 there are no nested regions: the whole model, as 'model'
         if cfg.model.compile_scope in ("model", "regions"):
-            return torch.compile(model, mode=mode, dynamic=dynamic)
+            return compile_(model)
         for block in _outer_blocks(model):
             # Each block's forward compiled in place: the model keeps its type, structure and parameter names, and
             # the blocks' parameters are the graph's inputs, so one compilation serves every block of a kind.
-            block.forward = torch.compile(block.forward, mode=mode, dynamic=dynamic)
+            block.forward = compile_(block.forward)
             if mode in ("reduce-overhead", "max-autotune"):  # the modes that replay CUDA graphs
                 block.register_forward_hook(_outputs_out_of_graph_memory)
     return model
+
+
+def compile_settings(mode: str, options: dict[str, Any], dynamic: bool | None = None) -> dict[str, Any]:
+    """torch.compile's keywords for ``mode`` with inductor ``options`` over it. torch.compile takes a mode or options,
+    not both: with options, the mode becomes the options it stands for (reduce-overhead: triton.cudagraphs)."""
+    if not options:
+        return {"mode": mode}
+    from torch._inductor import list_mode_options
+
+    return {"options": {**list_mode_options(mode, dynamic), **options}}
 
 
 def mark_repeated_blocks(model: nn.Module) -> None:

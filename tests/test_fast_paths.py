@@ -160,3 +160,22 @@ def test_gpt2_evaluates_a_compiled_model_inside_fabric():
     wrapped.eval()
     metrics = task.evaluate(wrapped, 8, None)
     assert metrics["test_loss"] > 0 and len(task.info["generations"]) == gpt2_sft.GENERATIONS
+
+
+def test_compile_options_reach_torch_compile_over_the_mode(monkeypatch):
+    """torch.compile takes a mode or options, not both: with model.compile_options, the mode's own options (CUDA
+    graphs for reduce-overhead) and the given ones go to torch.compile together, and torch accepts them."""
+    from labkit import train
+
+    options = train.compile_settings("reduce-overhead", {"conv_1x1_as_mm": True})["options"]
+    assert options == {"triton.cudagraphs": True, "conv_1x1_as_mm": True}
+    assert train.compile_settings("reduce-overhead", {}) == {"mode": "reduce-overhead"}
+    torch.compile(torch.nn.Linear(2, 2), options=options)  # an unknown option would raise here, before any compilation
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: asked.append(kwargs) or model)
+    cfg = config.load("params/03_mixed_precision/fast_path.yaml", "smoke", {"model.compile_options.conv_1x1_as_mm": True})
+    train.prepare_model(cfg, torch.nn.Conv2d(3, 4, 1))
+    assert asked == [{"dynamic": None, "options": {"triton.cudagraphs": True, "conv_1x1_as_mm": True}}]
+    with pytest.raises(config.ConfigError, match="model.compile is false"):
+        config.load("params/03_mixed_precision/fast_path.yaml", "smoke",
+                    {"model.compile": False, "model.compile_options.conv_1x1_as_mm": True})

@@ -22,6 +22,8 @@ BERT = "params/01_baseline_bert_squad/baseline.yaml"
     (BERT, {"model.split_devices": 2}, "only t5_qa has a layer-split model"),
     ("params/06_lora_optimizer_sweep/r10_adamw.yaml", {"data.on_gpu": True}, "gpt2_sft loads its batches on the CPU"),
     (BERT, {"data.on_gpu": True}, "bert_squad loads its batches on the CPU"),
+    ("params/03_mixed_precision/fast_path.yaml", {"model.compile_options.conv_1x1_as_mn": True},
+     "'conv_1x1_as_mn' is not an option of torch.compile's inductor: did you mean 'conv_1x1_as_mm'"),
 ])
 def test_impossible_settings_stop_before_any_record_exists(tmp_path, monkeypatch, config_file, overrides, words):
     monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("no run may start"))
