@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import json
 import os
 import re
@@ -86,6 +87,15 @@ COLUMNS = {"samples_per_s": "samples/s", "tokens_per_s": "real tokens/s", "mfu":
            "peak_allocated_gb": "peak allocated (GB)", "step_s": "step (ms)", "epoch_s": "last epoch (s)",
            "first_step_s": "first step (s)", "steady_compilations": "compilations in the steady state",
            "final_train_loss": "last training loss"}
+
+
+def file_stem(only: list[str] | None) -> str:
+    """The table's file name: 'bench', then the rows or groups asked for, as a plain name; a long list is cut, with a
+    digest of the whole so that two lists cut alike still differ (file systems refuse names past 255 bytes)."""
+    stem = "-".join(["bench", *(re.sub(r"[^\w.-]+", "_", name) for name in only or [])])
+    if len(stem) <= 120:
+        return stem
+    return f"{stem[:100]}-{hashlib.sha1(stem.encode()).hexdigest()[:10]}"
 
 
 def name_of(item: str) -> str:
@@ -427,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     if warmed := warm_up_gpu(args.warm_up_s):
         print(f"[bench] GPU warmed up for {warmed:.0f} s before the first row", flush=True)
     table, finished = bench(args.profile, items, args.steps, directory, args.budget_s)
-    stem = "-".join(["bench", *(re.sub(r"[^\w.-]+", "_", name) for name in args.only or [])])  # a plain file name
+    stem = file_stem(args.only)
     table.to_csv(directory / f"{stem}.csv")
     ratios(table).to_csv(directory / f"{stem}-ratios.csv")
     shown = table[["device", "status", *COLUMNS]].rename(columns=COLUMNS)

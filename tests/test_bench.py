@@ -261,3 +261,12 @@ def test_a_failed_rows_error_is_one_line_of_the_table_and_the_record_keeps_it_wh
     assert "\n" not in note and note.endswith("(the whole error is in the row's results record)") and len(note) < 500
     table = pd.DataFrame([{"configuration": "07/fast_path", "note": "two\nlines | and a bar"}]).set_index("configuration")
     assert bench.markdown(table).splitlines()[-1] == "| 07/fast_path | two lines / and a bar |"
+
+
+def test_the_table_file_name_stays_short_for_many_rows():
+    """Rows with several settings changed make a long --only; its file name is cut (with a digest of the whole),
+    since file systems refuse names past 255 bytes."""
+    row = "03/fast_path@model.compile_options.conv_1x1_as_mm=true,model.compile_options.coordinate_descent_tuning=true"
+    assert bench.file_stem(["resnext", "01/fast_path"]) == "bench-resnext-01_fast_path"
+    long, other = bench.file_stem([row] * 3), bench.file_stem([row] * 4)
+    assert len(long) + len("-ratios.csv") < 255 and long != other and long.startswith("bench-03_fast_path_model.")
