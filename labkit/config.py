@@ -194,12 +194,12 @@ class ModelConfig(_Section):
     # graph a step), every block (transformer layer) traced and compiled anew. regions: the same one graph, but a
     # block is compiled once and its code reused for every block of its kind (nested compile regions; torch < 2.8
     # has none and compiles as model), so compilation no longer grows with depth (BERT: the first step halved; GPT-2:
-    # slower steps; T5: torch inlines the regions, as model; docs/benchmarks.md). blocks: each block compiled on
+    # slower steps; T5: no faster; docs/benchmarks.md). blocks: each block compiled on
     # its own, one compilation for all, and the embeddings, head and loss run eager between the blocks' graphs
     compile_scope: Literal["model", "regions", "blocks"] = "model"
     # Inductor's options laid over compile_mode's (torch._inductor.list_options() names them all), e.g.
-    # {conv_1x1_as_mm: true}: ResNeXt's 1x1 convolutions as matrix products, or {coordinate_descent_tuning: true}:
-    # each generated kernel's block sizes tuned by measurement (longer compilation)
+    # {conv_1x1_as_mm: true}: 1x1 convolutions as matrix products, or {coordinate_descent_tuning: true}: each
+    # generated kernel's block sizes tuned by measurement (longer compilation); neither moved ResNeXt's fast path
     compile_options: dict[str, bool | int | float | str] = {}
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
