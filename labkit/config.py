@@ -205,6 +205,12 @@ class ModelConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     split_devices: int = Field(1, gt=0)  # layer-wise model parallel over this many GPUs (T5)
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled model replays CUDA graphs: its mode's choice, unless compile_options says otherwise."""
+        by_mode = self.compile_mode in ("reduce-overhead", "max-autotune")
+        return self.compile and bool(self.compile_options.get("triton.cudagraphs", by_mode))
+
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
         if self.weights == "local" and not self.path:
@@ -472,8 +478,11 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
         field = section.model_fields.get(key) if section else None
         section = field.annotation if field and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
         node = tree.setdefault(key, {})
-        mapping = field is not None and get_origin(field.annotation) is dict and depth == len(parents) - 1
-        if (field and section is None and not mapping) or not isinstance(node, dict):  # unknown keys: left to validation's did-you-mean
+        if field is not None and get_origin(field.annotation) is dict and isinstance(node, dict):
+            # a mapping setting (model.compile_options): the rest is one key, dots and all ('triton.cudagraphs')
+            leaf, tree = ".".join((parents + [leaf])[depth + 1:]), node
+            break
+        if (field and section is None) or not isinstance(node, dict):  # unknown keys: left to validation's did-you-mean
             setting = ".".join(parents[:depth + 1])
             raise ConfigError(f"override '{dotted}': {setting} is a setting, not a section, so it has no key "
                               f"'{(parents + [leaf])[depth + 1]}'; write {{'{setting}': value}}")

@@ -274,7 +274,7 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
             # Each block's forward compiled in place: the model keeps its type, structure and parameter names, and
             # the blocks' parameters are the graph's inputs, so one compilation serves every block of a kind.
             block.forward = compile_(block.forward)
-            if mode in ("reduce-overhead", "max-autotune"):  # the modes that replay CUDA graphs
+            if cfg.model.cuda_graphs:
                 block.register_forward_hook(_outputs_out_of_graph_memory)
     return model
 

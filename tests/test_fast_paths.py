@@ -179,3 +179,10 @@ def test_compile_options_reach_torch_compile_over_the_mode(monkeypatch):
     with pytest.raises(config.ConfigError, match="model.compile is false"):
         config.load("params/03_mixed_precision/fast_path.yaml", "smoke",
                     {"model.compile": False, "model.compile_options.conv_1x1_as_mm": True})
+    # whether CUDA graphs replay (the blocks' output hooks and the steady state's memory peak follow it): the mode's
+    # choice, unless the options say otherwise
+    graphs = {(mode, flag): config.load("params/03_mixed_precision/fast_path.yaml", "smoke", {
+        "model.compile_mode": mode, **({"model.compile_options.triton.cudagraphs": flag} if flag is not None else {})}).model.cuda_graphs
+        for mode in ("reduce-overhead", "default") for flag in (None, True, False)}
+    assert graphs == {("reduce-overhead", None): True, ("reduce-overhead", True): True, ("reduce-overhead", False): False,
+                      ("default", None): False, ("default", True): True, ("default", False): False}

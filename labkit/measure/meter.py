@@ -294,7 +294,7 @@ class Meter:
             # scratch space that training never needs again. Not under CUDA graphs: they take their memory
             # while being recorded, before the steady state, and replays allocate nothing new, so the steady
             # state's peak would leave out the memory the graphs hold.
-            if self.cfg.model.compile_mode not in ("reduce-overhead", "max-autotune"):
+            if not self.cfg.model.cuda_graphs:
                 reset_peak_memory(*self.devices)
             self._window_compiled = compilations() if self.compiling else 0
             self._window = (time.perf_counter(), self.samples)
