@@ -115,6 +115,9 @@ def test_gloo_ranks_train_like_one_process_with_the_same_global_batch(toy, tmp_p
     assert many["summary"]["final_val_loss"] == pytest.approx(one["summary"]["final_val_loss"], rel=1e-5)
     s = many["summary"]
     assert s["profiled_steps"] == 2 and s["comm_s"] > 0 and s["compute_s"] > 0  # gloo all-reduces were seen
+    # each rank's own step split beside rank 0's summary figures (one process has no such fields)
+    assert s["step_s_rank0"] == pytest.approx(s["step_s"]) and s["step_s_rank1"] > 0 and s["data_s_rank1"] >= 0
+    assert not any(k.endswith("_rank0") for k in one["summary"])
     assert results.read(tmp_path / "smoke" / "toy" / f"ddp{ranks}")["launch"]["exit_code"] == 0
 
 

@@ -215,7 +215,7 @@ def test_cuda_graphs_keep_the_whole_runs_memory_peak(monkeypatch, mode, resets):
     calls = []
     monkeypatch.setattr(meter_module, "reset_peak_memory", lambda *devices: calls.append(devices))
     cfg = config(profile_steps=0)
-    cfg.model.compile_mode = mode
+    cfg.model.compile, cfg.model.compile_mode = True, mode
     run_meter(cfg, total=4, slow=set())
     assert len(calls) == resets
 
