@@ -24,7 +24,9 @@ is read off rows measured on the same machine start:
 
     python benchmarks/distributed_vs_bare.py single ddp ddp:measure.profile_steps=0 fsdp --out distributed.csv
 
-A configuration this machine cannot run (too few GPUs, DeepSpeed missing) is a row with its status.
+A configuration this machine cannot run (too few GPUs, DeepSpeed missing) is a row with its status. Under each
+multi-rank row the command prints each rank's own median step, loader time and GPU wait for the host (the record's
+``step_s_rank<r>``, ``data_s_rank<r>``, ``wait_s_rank<r>``; the CSV's figures are rank 0's).
 
 One run of a configuration moves by up to 10% on a shared machine, more than the differences these rows
 are read for. ``--repeats N`` runs every row and its bare loop N times, the order of the rows turned round
@@ -89,6 +91,17 @@ ROWS = [
     Row("dp", "dp (DataParallel)", "dp", None),
     Row("deepspeed", "deepspeed ZeRO-2", "deepspeed", None),
 ]
+
+
+def each_rank(summary: dict) -> str | None:
+    """Each rank's own median step, loader time and GPU wait for the host, in ms, from a multi-rank record (None for
+    one process): under DDP every rank waits for the slowest at each all-reduce, and the record's figures are rank 0's."""
+    ranks = sorted({int(k.rsplit("_rank", 1)[1]) for k in summary if k.startswith("step_s_rank")})
+    if not ranks:
+        return None
+    return "each rank, median ms: " + "; ".join(
+        f"rank {r}: step {1e3 * summary[f'step_s_rank{r}']:.1f}, data {1e3 * summary[f'data_s_rank{r}']:.2f}, "
+        f"GPU waiting for the host {1e3 * summary[f'wait_s_rank{r}']:.2f}" for r in ranks)
 
 
 def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float, profile: str = "gpu") -> dict:
@@ -200,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row.name}: {record['status']} {s.get('samples_per_s', float('nan')):.1f} samples/s "
                   f"({time.monotonic() - start:.0f} s){'' if record['status'] == 'ok' else ' ' + str(record['error'])}",
                   flush=True)
+            if line := each_rank(s):
+                print(f"  {line}", flush=True)
             key = (row.bare, devices, repeat)
             if row.bare and key not in bare and devices <= max(gpus, 1):
                 bare[key] = run_bare(row.bare, 1 if row.bare == "none" else devices, args)

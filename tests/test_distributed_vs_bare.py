@@ -112,3 +112,11 @@ def test_the_plain_torchrun_row_trains_in_the_process_torchrun_starts(tmp_path):
     assert row.torchrun and not row.in_process and side.parse_row("ddp1_torchrun:train.lr=1e-4").torchrun
     result = side.run_labkit(row, {"train.max_steps": 3}, tmp_path, timeout_s=600, profile="smoke")
     assert result["status"] == "ok" and result["launched"] is False and result["summary"]["steps"] == 3
+
+
+def test_each_ranks_own_step_is_printed_for_multi_rank_rows():
+    two = {"step_s": 0.048, "step_s_rank0": 0.048, "data_s_rank0": 0.001, "wait_s_rank0": 0.0021,
+           "step_s_rank1": 0.0515, "data_s_rank1": 0.0012, "wait_s_rank1": 0.004}
+    assert side.each_rank(two) == ("each rank, median ms: rank 0: step 48.0, data 1.00, GPU waiting for the host 2.10; "
+                                   "rank 1: step 51.5, data 1.20, GPU waiting for the host 4.00")
+    assert side.each_rank({"step_s": 0.048}) is None  # one process
