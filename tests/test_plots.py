@@ -58,3 +58,17 @@ def test_loader_table_reads_phases_and_epochs():
     assert table.loc["workers_4", "data wait / step (ms)"] == pytest.approx(2.0)
     assert table.loc["workers_4", "compute / step (ms)"] == pytest.approx(12.0)
     assert (table.loc["workers_4", "first epoch (s)"], table.loc["workers_4", "last epoch (s)"]) == (30.0, 20.0)
+
+
+def test_step_split_draws_each_rank_of_a_multi_rank_run():
+    one = record("single", {"fwd_bwd_s": 0.040, "optimizer_s": 0.005, "wait_s": 0.003}, task="bert_squad")
+    split = {"fwd_bwd_s": 0.043, "optimizer_s": 0.004, "wait_s": 0.002}
+    ranks = {f"{k[:-2]}_s_rank{r}": v + r * 0.001 for r in (0, 1) for k, v in split.items()}
+    ddp = record("ddp", {**split, **ranks, "step_s_rank0": 0.049, "step_s_rank1": 0.052}, task="bert_squad")
+    figure = plots.step_split([one, ddp])
+    ax = figure.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["ddp, rank 0", "ddp, rank 1", "single"]
+    # rank 1's forward+backward bar is its own figure, not rank 0's
+    widths = {(round(p.get_y() + p.get_height() / 2), round(p.get_width(), 3)) for p in ax.patches[:3]}
+    assert widths == {(0, 43.0), (1, 44.0), (2, 40.0)}
+    assert "NVIDIA H100" in ax.get_title()

@@ -159,11 +159,19 @@ def gpu_timeline(records: Sequence[dict]) -> plt.Figure | None:
 
 
 def step_split(records: Sequence[dict]) -> plt.Figure | None:
-    """Median step split into forward+backward, optimizer and device waiting (the three add up to the step)."""
+    """Median step split into forward+backward, optimizer and device waiting (the three add up to the step); a run of
+    several ranks gets a bar per rank, each rank's own split (they meet at every all-reduce: one that lags, the others
+    wait for)."""
     phases = {"fwd_bwd": "forward+backward", "optimizer": "optimizer", "wait": "waiting (input, copy, launch)"}
-    rows = [{"config": r["run"]["config"], "phase": label, "ms": 1e3 * r["summary"][f"{phase}_s"]}
-            for r in records if r.get("status") == "ok" and "wait_s" in r.get("summary", {})
-            for phase, label in phases.items()]
+    rows = []
+    for r in records:
+        s = r.get("summary", {})
+        if r.get("status") != "ok" or "wait_s" not in s:
+            continue
+        ranks = sorted({int(k.rsplit("_rank", 1)[1]) for k in s if k.startswith("step_s_rank")})
+        bars_of = [(f"{r['run']['config']}, rank {n}", f"_rank{n}") for n in ranks] or [(r["run"]["config"], "")]
+        rows += [{"config": label, "phase": name, "ms": 1e3 * s[f"{phase}_s{suffix}"]}
+                 for label, suffix in bars_of for phase, name in phases.items()]
     if not rows:
         print("No step times: no run of these finished.")
         return None
