@@ -58,6 +58,8 @@ from pathlib import Path
 
 import yaml
 
+from labkit import results
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NOTEBOOK = "05_ddp_fsdp"
@@ -96,12 +98,12 @@ ROWS = [
 def each_rank(summary: dict) -> str | None:
     """Each rank's own median step, loader time and GPU wait for the host, in ms, from a multi-rank record (None for
     one process): under DDP every rank waits for the slowest at each all-reduce, and the record's figures are rank 0's."""
-    ranks = sorted({int(k.rsplit("_rank", 1)[1]) for k in summary if k.startswith("step_s_rank")})
+    ranks = results.each_rank(summary)
     if not ranks:
         return None
     return "each rank, median ms: " + "; ".join(
-        f"rank {r}: step {1e3 * summary[f'step_s_rank{r}']:.1f}, data {1e3 * summary[f'data_s_rank{r}']:.2f}, "
-        f"GPU waiting for the host {1e3 * summary[f'wait_s_rank{r}']:.2f}" for r in ranks)
+        f"rank {r}: step {1e3 * s['step_s']:.1f}, data {1e3 * s['data_s']:.2f}, "
+        f"GPU waiting for the host {1e3 * s['wait_s']:.2f}" for r, s in ranks.items())
 
 
 def run_labkit(row: Row, common: dict, runs_dir: Path, timeout_s: float, profile: str = "gpu") -> dict:

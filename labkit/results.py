@@ -311,6 +311,17 @@ def pareto_front(runs: Sequence[dict], quality: str, lower_is_better: bool = Tru
     return front
 
 
+def each_rank(summary: Mapping[str, Any]) -> dict[int, dict[str, float]]:
+    """Each rank's own median step split of a multi-rank record, {rank: {"step_s": ..., "data_s": ..., ...}} from its
+    ``<phase>_s_rank<r>`` fields; {} for a run of one process."""
+    out: dict[int, dict[str, float]] = {}
+    for key, value in summary.items():
+        phase, found, rank = key.rpartition("_rank")
+        if found and phase.endswith("_s") and rank.isdigit():
+            out.setdefault(int(rank), {})[phase] = value
+    return dict(sorted(out.items()))
+
+
 def step_spread(record: dict) -> dict[str, float | bool] | None:
     """Median, interquartile range and mean of the steady-state step times (ms), and whether the mean is far
     above the median (``skewed``: a few slow steps, not the typical one, set the run's samples/s);

@@ -264,17 +264,17 @@ def prepare_model(cfg: Config, model: nn.Module) -> nn.Module:
             tokens = d.max_length * (cfg.train.batch_size if d.padding == "packed" else 1)
             limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), tokens // d.pad_multiple + 8))
-        mode = cfg.model.compile_mode
-        compile_ = functools.partial(torch.compile, dynamic=dynamic, **compile_settings(mode, cfg.model.compile_options, dynamic))
-        if cfg.model.compile_scope == "regions" and hasattr(torch.compiler, "nested_compile_region"):
+        m = cfg.model
+        compile_ = functools.partial(torch.compile, dynamic=dynamic, **compile_settings(m.compile_mode, m.compile_options, dynamic))
+        if m.compile_scope == "regions" and hasattr(torch.compiler, "nested_compile_region"):
             mark_repeated_blocks(model)  # before torch 2.8 there are no nested regions: the whole model, as 'model'
-        if cfg.model.compile_scope in ("model", "regions"):
+        if m.compile_scope in ("model", "regions"):
             return compile_(model)
         for block in _outer_blocks(model):
             # Each block's forward compiled in place: the model keeps its type, structure and parameter names, and
             # the blocks' parameters are the graph's inputs, so one compilation serves every block of a kind.
             block.forward = compile_(block.forward)
-            if cfg.model.cuda_graphs:
+            if m.cuda_graphs:
                 block.register_forward_hook(_outputs_out_of_graph_memory)
     return model
 

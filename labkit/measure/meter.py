@@ -249,8 +249,8 @@ class Meter:
             "first_train_loss": losses[0][2] if losses else None,
             "final_train_loss": losses[-1][2] if losses else None,
             "final_val_loss": c["val_loss"][-1][2] if c["val_loss"] else None,
-            **self.timer.summary(),
-            **self._each_rank_phases(),
+            **(phases := self.timer.summary()),
+            **self._each_rank(phases),
             **self._peak_memory(),
             **self.memory.measured_gb(),
             **computed_memory_gb(self.model, self.optimizer),
@@ -312,13 +312,12 @@ class Meter:
                 self.steady_compiled += compilations() - self._window_compiled
             self._window = None
 
-    def _each_rank_phases(self) -> dict[str, float]:
-        """With several ranks, each rank's own median step split (data_s_rank<r>, wait_s_rank<r>, ...): the summary's
-        figures are rank 0's, and under DDP every rank waits for the slowest at each all-reduce, so a rank that lags
-        shows only here."""
+    def _each_rank(self, mine: dict[str, float]) -> dict[str, float]:
+        """With several ranks, each rank's own median step split ``mine`` gathered (data_s_rank<r>, wait_s_rank<r>, ...):
+        the summary's figures are rank 0's, and under DDP every rank waits for the slowest at each all-reduce, so a
+        rank that lags shows only here."""
         if self.fabric.world_size == 1:
             return {}
-        mine = self.timer.summary()
         medians = torch.tensor([mine.get(f"{p}_s", float("nan")) for p in StepTimer.PHASES], device=self.device)
         gathered = self.fabric.all_gather(medians).reshape(self.fabric.world_size, -1).tolist()
         return {f"{p}_s_rank{r}": v for r, row in enumerate(gathered) for p, v in zip(StepTimer.PHASES, row)}

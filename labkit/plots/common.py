@@ -10,7 +10,7 @@ import seaborn as sns
 
 from labkit.precision import PRECISIONS
 from labkit.plots.tables import number
-from labkit.results import device_label, step_spread
+from labkit.results import device_label, each_rank, step_spread
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -168,10 +168,9 @@ def step_split(records: Sequence[dict]) -> plt.Figure | None:
         s = r.get("summary", {})
         if r.get("status") != "ok" or "wait_s" not in s:
             continue
-        ranks = sorted({int(k.rsplit("_rank", 1)[1]) for k in s if k.startswith("step_s_rank")})
-        bars_of = [(f"{r['run']['config']}, rank {n}", f"_rank{n}") for n in ranks] or [(r["run"]["config"], "")]
-        rows += [{"config": label, "phase": name, "ms": 1e3 * s[f"{phase}_s{suffix}"]}
-                 for label, suffix in bars_of for phase, name in phases.items()]
+        bars_of = [(f"{r['run']['config']}, rank {n}", split) for n, split in each_rank(s).items()] or [(r["run"]["config"], s)]
+        rows += [{"config": label, "phase": name, "ms": 1e3 * split[f"{phase}_s"]}
+                 for label, split in bars_of for phase, name in phases.items()]
     if not rows:
         print("No step times: no run of these finished.")
         return None
