@@ -10,6 +10,8 @@ One row per executed notebook in the folder (runs/<profile>/<notebook>), in seco
 * ``launch_wall_s``: the launcher's wall time (runs over several processes only), their start-up included;
   ``record_s``: the record's start to end (whole seconds), which starts once the training process has its imports.
 * ``train_time_s``, ``val_time_s``, ``samples_per_s``: the record's own.
+* ``start_processes_s`` to ``stop_processes_s``: the record's clock, part by part (labkit.results.TIME_SPLIT); the
+  first two and the last only for runs over several processes.
 
 Read down a row: notebook_s - cells_s is the kernel's start; run_cell_s - launch_wall_s the notebook process's
 imports and checks; launch_wall_s - record_s the launched processes' start; record_s - train - val the set-up of
@@ -24,9 +26,10 @@ import json
 from pathlib import Path
 
 from labkit.launch.runall import cell_times
+from labkit.results import TIME_SPLIT, time_split
 
 COLUMNS = ["config", "notebook_s", "cells_s", "run_cell_s", "launch_wall_s", "record_s", "train_time_s", "val_time_s",
-           "samples_per_s"]
+           "samples_per_s", *(name for name, _, _ in TIME_SPLIT)]
 
 
 def times(notebook: Path) -> dict:
@@ -40,7 +43,7 @@ def times(notebook: Path) -> dict:
             "run_cell_s": sum(seconds for seconds, source in cells if "labkit.run(" in source),
             "launch_wall_s": record.get("launch", {}).get("wall_s"),
             "record_s": (when(record["run"]["finished"]) - when(record["run"]["started"])).total_seconds(),
-            **{k: summary.get(k) for k in ("train_time_s", "val_time_s", "samples_per_s")}}
+            **{k: summary.get(k) for k in ("train_time_s", "val_time_s", "samples_per_s")}, **time_split(record)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,7 +66,26 @@ def save(record: dict, directory: Path) -> Path:
 def new_record(identity: dict, params: dict, env: dict, status: str = "running") -> dict:
     """A record before its run has ended: which run it is, its settings and where it runs; no figures yet."""
     return {"run": {**identity, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, "params": params, "env": env,
-            "status": status, "error": None, "summary": {}, "curves": {}, "info": {}}
+            "status": status, "error": None, "summary": {}, "curves": {}, "info": {}, "clock": {"started": time.time()}}
+
+
+# A run's way from start to end: each part's (name, the clock point it starts at, the point it ends at). The launcher,
+# the rank's process and the loop each write the points they pass into the record's "clock" (Unix seconds).
+TIME_SPLIT = (("start_processes_s", "launched", "process_started"),  # torchrun starting the ranks' interpreters
+              ("imports_s", "process_started", "started"),  # the rank importing torch, the model libraries, labkit
+              ("build_task_s", "started", "task_built"),  # data set, tokenizer, model built
+              ("setup_s", "task_built", "training_started"),  # model onto the device and wrapped, loaders, process group
+              ("first_step_s", "training_started", "first_step"),  # the first step's lazy set-up (kernels, workers)
+              ("training_s", "first_step", "training_ended"),  # the other steps and the validations
+              ("finish_s", "training_ended", "finished"),  # the final evaluation, the summary's figures
+              ("stop_processes_s", "finished", "launch_ended"))  # the ranks ending, the launcher collecting them
+
+
+def time_split(record: Mapping[str, Any]) -> dict[str, float]:
+    """Where a run's wall time went, in seconds, part by part (TIME_SPLIT) as far as its record's clock says: a
+    run in the notebook's own process has no processes to start or stop, and a record from before the clock none."""
+    clock = record.get("clock") or {}
+    return {name: clock[end] - clock[start] for name, start, end in TIME_SPLIT if start in clock and end in clock}
 
 
 class DamagedRecord(ValueError):

@@ -132,7 +132,7 @@ def setup_model_and_optimizer(fabric: Fabric, model: nn.Module, t: TrainConfig) 
 
 
 def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> dict:
-    """Train ``task.model`` as ``cfg`` says; returns the record's {"summary": {...}, "curves": {...}}.
+    """Train ``task.model`` as ``cfg`` says; returns the record's {"summary": {...}, "curves": {...}, "clock": {...}}.
     ``trace``: where the profiled steps' Chrome trace goes (with measure.profile_steps > 0)."""
     t = cfg.train
     meter = Meter(cfg, fabric, trace)

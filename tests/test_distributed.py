@@ -119,6 +119,12 @@ def test_gloo_ranks_train_like_one_process_with_the_same_global_batch(toy, tmp_p
     assert s["step_s_rank0"] == pytest.approx(s["step_s"]) and s["step_s_rank1"] > 0 and s["data_s_rank1"] >= 0
     assert not any(k.endswith("_rank0") for k in one["summary"])
     assert results.read(tmp_path / "smoke" / "toy" / f"ddp{ranks}")["launch"]["exit_code"] == 0
+    # the run's wall time part by part: every part of a launched run, a run in this process without its processes
+    parts, own = results.time_split(many), results.time_split(one)
+    assert list(parts) == [name for name, _, _ in results.TIME_SPLIT] and min(parts.values()) >= 0
+    assert parts["imports_s"] > 0.1  # the rank's interpreter imported torch
+    assert sum(parts.values()) == pytest.approx(many["launch"]["wall_s"], abs=0.5)
+    assert list(own) == ["build_task_s", "setup_s", "first_step_s", "training_s", "finish_s"]
 
 
 def test_a_rank_that_raises_ends_the_run_with_its_error(toy, tmp_path, monkeypatch):

@@ -138,7 +138,7 @@ def launch(cfg: Config, identity: dict, directory: Path) -> dict:
     print(f"launching {processes} processes ({cfg.train.strategy}, {cfg.train.num_nodes} node(s)):\n  {' '.join(argv)}", flush=True)
     env = {**os.environ, **NO_MULTICAST, "LABKIT_HEADLESS": "1", "PYTHONUNBUFFERED": "1",
            "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[rank${rank}] "}
-    start = time.monotonic()
+    start, launched = time.monotonic(), time.time()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     tail: collections.deque[str] = collections.deque(maxlen=300)
@@ -160,6 +160,7 @@ def launch(cfg: Config, identity: dict, directory: Path) -> dict:
     record["launch"] = {"command": argv, "processes": processes, "nodes": cfg.train.num_nodes, "exit_code": proc.returncode,
                         "wall_s": time.monotonic() - start, "logs": str(work / "logs"),
                         "ranks": {str(r): v["status"] for r, v in sorted(ranks.items())}}
+    record.setdefault("clock", {}).update(launched=launched, launch_ended=time.time())
     done = [r for r in ranks.values() if r["status"] != "running"]
     oom = [r for r in done if r["status"] == "oom"]
     failed = sorted((r for r in done if r["status"] == "failed"), key=lambda r: r["time"])

@@ -50,10 +50,12 @@ def run(config_file: str | Path, profile: str = "smoke", overrides: dict[str, An
     return execute(cfg, identity, directory)
 
 
-def execute(cfg: Config, identity: dict, directory: Path) -> dict:
-    """Run ``cfg`` in this process (rank 0 writes the record when several processes take part)."""
+def execute(cfg: Config, identity: dict, directory: Path, clock: dict[str, float] | None = None) -> dict:
+    """Run ``cfg`` in this process (rank 0 writes the record when several processes take part). ``clock``: points the
+    process passed before (results.TIME_SPLIT), kept in the record's."""
     rank = int(os.environ.get("RANK", 0))
     record = results.new_record(identity, cfg.model_dump(mode="json"), measure.environment_of(cfg))
+    record["clock"].update(clock or {})
     save = (lambda: results.save(record, directory)) if rank == 0 else (lambda: None)
     trace = directory / results.TRACE if rank == 0 and cfg.measure.profile_steps else None
     if rank == 0:
@@ -66,8 +68,11 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
         fabric = make_fabric(cfg)
         fabric.seed_everything(cfg.train.seed)
         task = build_task(cfg)
+        record["clock"]["task_built"] = time.time()
         record["info"] = task.info
-        record.update(fit(cfg, task, fabric, trace))
+        outcome = fit(cfg, task, fabric, trace)
+        record["clock"].update(outcome.pop("clock"))
+        record.update(outcome)
         if trace is not None and trace.is_file():
             record["trace"] = results.TRACE
         record["status"] = "ok"
@@ -79,6 +84,6 @@ def execute(cfg: Config, identity: dict, directory: Path) -> dict:
         record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     finally:
-        record["run"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        record["run"]["finished"], record["clock"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S"), time.time()
         save()
     return record

@@ -43,6 +43,17 @@ def process_start(pid: int) -> int | None:
     return int(stat[19]) if stat else None
 
 
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started, in Unix seconds, or None if Linux cannot say: now, less the time since boot
+    (/proc/uptime, to the hundredth of a second), plus process_start's time after boot."""
+    ticks = process_start(pid)
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if ticks is None else time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def parent_of(pid: int) -> int | None:
     stat = _stat(pid)
     return int(stat[1]) if stat else None
@@ -132,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report("running")  # with the pid the launcher signals for a stack dump, and the group it stops
     try:
-        record = execute(Config.model_validate(spec["params"]), spec["identity"], spec_path.parent)
+        clock = {"process_started": started} if (started := started_at(os.getpid())) else {}
+        record = execute(Config.model_validate(spec["params"]), spec["identity"], spec_path.parent, clock)
     except BaseException as err:
         report("failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise

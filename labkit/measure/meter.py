@@ -132,6 +132,7 @@ class Meter:
         self._tokens = torch.zeros((), device=self.device, dtype=torch.long)
         self._since_log = 0
         self._losses: list[tuple] = []  # logged losses on their way to the host
+        self.clock: dict[str, float] = {}  # when training started, ended its first step, ended (results.TIME_SPLIT)
 
     # ---- what the loop calls
 
@@ -169,6 +170,8 @@ class Meter:
         self.timer.end_step(self._data, steady=self.steady_from < step <= self.steady_until)
         self._data, self._in_step, self.step = 0.0, False, step
         self._since_log += 1
+        if step == 1:
+            self.clock["first_step"] = time.time()  # on the host: the step's work was issued, the device may lag
         if step == self.steady_from:
             self._open_window()  # the steady state begins after compilation and allocator warm-up
         if step == self.steady_until and step < self.total_steps:
@@ -184,6 +187,7 @@ class Meter:
     def training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, total_steps: int) -> Iterator["Meter"]:
         """Around all of training: the GPU sampler and the progress bar run; the window's bounds are set."""
         m = self.cfg.measure
+        self.clock["training_started"] = time.time()
         self.model, self.optimizer, self.total_steps = model, optimizer, total_steps
         self.devices = devices_of_process(self.fabric, model)  # several under DataParallel or a layer-split model
         # The profiled steps come last, and only where the steady state keeps at least one step.
@@ -204,6 +208,7 @@ class Meter:
                 self.profiler.stop(self.step)
                 self._drain_losses(wait=True)
                 self.bar.close()
+                self.clock["training_ended"] = time.time()
 
     @contextlib.contextmanager
     def epoch(self) -> Iterator[None]:
@@ -236,7 +241,7 @@ class Meter:
         self.curves.setdefault("val_metrics", []).append({"step": self.step, "epoch": epoch, **metrics})
 
     def result(self, flops_per_sample: float | None = None, **known: Any) -> dict[str, dict]:
-        """The record's {"summary", "curves"}; ``known``: figures the loop has (parameter counts, global batch)."""
+        """The record's {"summary", "curves", "clock"}; ``known``: figures the loop has (parameter counts, global batch)."""
         world, c = self.fabric.world_size, self.curves
         samples, seconds = (self.steady_samples, self.steady_seconds) if self.steady_seconds else (self.samples, self.train_time)
         losses = c["train_loss"]
@@ -276,7 +281,7 @@ class Meter:
         curves = {**c, "gpu": self.sampler.samples, "steps": self.timer.steps}
         if self.profiler.top_ops:
             curves["top_ops"] = self.profiler.top_ops
-        return {"summary": summary, "curves": curves}
+        return {"summary": summary, "curves": curves, "clock": self.clock}
 
     # ---- inside
 
