@@ -14,7 +14,6 @@ sections, the task, or the machine.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from labkit.config import Config, ConfigError
+from labkit.models import presets
 from labkit.precision import PRECISIONS
 
 # Tasks whose batches cannot be packed into one row, and why.
@@ -34,20 +34,14 @@ def uses_cuda(cfg: Config) -> bool:
     return torch.cuda.is_available() and cfg.train.accelerator != "cpu"
 
 
-# The model family of each task, whose PRESETS name the sizes model.preset may take.
-MODEL_FAMILIES = {"bert_squad": "labkit.models.bert", "cifar_resnext": "labkit.models.resnext",
-                  "gpt2_sft": "labkit.models.gpt2", "t5_qa": "labkit.models.t5",
-                  "simcls": "labkit.models.roberta"}
 
 
 def setting_conflicts(cfg: Config) -> list[str]:
     """Combinations of settings that cannot run anywhere, each with its fix (empty: none)."""
     d, t, m = cfg.data, cfg.train, cfg.model
     problems = []
-    if cfg.task in MODEL_FAMILIES:
-        presets = importlib.import_module(MODEL_FAMILIES[cfg.task]).PRESETS
-        if m.preset not in presets:
-            problems.append(f"model.preset {m.preset!r} is not a size of {cfg.task}'s model: choose one of {sorted(presets)}")
+    if cfg.task in presets.BY_TASK and m.preset not in (sizes := presets.BY_TASK[cfg.task]):
+        problems.append(f"model.preset {m.preset!r} is not a size of {cfg.task}'s model: choose one of {sorted(sizes)}")
     if d.padding == "packed" and cfg.task in UNPACKABLE:
         problems.append(f"data.padding 'packed' is not supported by {cfg.task} ({UNPACKABLE[cfg.task]}): "
                         "use data.padding max_length or dynamic")
@@ -62,9 +56,9 @@ def setting_conflicts(cfg: Config) -> list[str]:
                         "the CPU: set data.on_gpu false")
     if cfg.task == "t5_qa" and d.dataset not in ("gsm8k", "bioqa"):
         problems.append(f"task t5_qa needs data.dataset gsm8k or bioqa (it is {d.dataset!r}): set it in the params file")
-    if cfg.task == "simcls" and cfg.simcls.generator.preset not in (t5 := importlib.import_module("labkit.models.t5").PRESETS):
+    if cfg.task == "simcls" and cfg.simcls.generator.preset not in presets.T5:
         problems.append(f"simcls.generator.preset {cfg.simcls.generator.preset!r} is not a size of the T5 generator: "
-                        f"choose one of {sorted(t5)}")
+                        f"choose one of {sorted(presets.T5)}")
     if m.split_devices > 1 and t.devices * t.num_nodes > 1:
         problems.append("model.split_devices places one model over several GPUs in one process; it does not combine "
                         "with train.devices x num_nodes > 1 (data parallel): set one of them to 1")

@@ -228,3 +228,19 @@ def test_collector_pauses_inside_the_steady_windows_are_told_apart():
     pauses.pauses = [(1.0, 0.25, 2), (5.0, 0.5, 2), (5.5, 0.125, 0), (9.0, 1.0, 1)]
     assert pauses.full == 2 and pauses.seconds() == 1.875
     assert pauses.seconds([(4.0, 6.0)]) == 0.625 and pauses.seconds([(0.0, 1.0), (6.0, 9.0)]) == 0.0
+
+
+def test_the_trace_gives_each_call_its_own_host_time_and_each_kernel_its_device_time():
+    from labkit.measure.profiler import device_times, host_self_times
+
+    def call(name, ts, dur, tid=1, cat="cpu_op"):
+        return {"ph": "X", "cat": cat, "name": name, "pid": 7, "tid": tid, "ts": ts, "dur": dur}
+
+    events = [call("aten::linear", 0, 100), call("aten::addmm", 10, 40), call("cudaLaunchKernel", 20, 10, cat="cuda_runtime"),
+              call("aten::relu", 60, 20), call("aten::linear", 200, 50, tid=2),  # another thread: nests on its own
+              call("forward", 0, 300, tid=3, cat="user_annotation"),
+              call("gemm_kernel", 30, 25, tid=9, cat="kernel"), call("ncclDevKernel_AllReduce", 60, 15, tid=9, cat="kernel"),
+              call("Memcpy HtoD", 90, 5, tid=9, cat="gpu_memcpy"), call("ProfilerStep", 0, 400, cat="Trace")]
+    assert host_self_times(events) == {"aten::linear": 40 + 50, "aten::addmm": 30, "cudaLaunchKernel": 10, "aten::relu": 20,
+                                       "forward": 300}
+    assert device_times(events) == {"gemm_kernel": 25, "ncclDevKernel_AllReduce": 15, "Memcpy HtoD": 5}

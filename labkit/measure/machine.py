@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import socket
@@ -39,8 +40,6 @@ def peak_tflops(device_name: str, precision: str) -> float | None:
 
 def environment(device: torch.device) -> dict[str, str | int | None]:
     """Where a run ran: device, driver, CUDA and library versions, host, SLURM job."""
-    import transformers
-
     env: dict[str, str | int | None] = {
         "device": "cpu",
         "device_name": platform.processor() or platform.machine(),
@@ -48,7 +47,7 @@ def environment(device: torch.device) -> dict[str, str | int | None]:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "transformers": importlib.metadata.version("transformers"),  # read, not imported: a second or more
         "cuda": torch.version.cuda,
         "driver": None,
         "cpu_count": os.cpu_count(),

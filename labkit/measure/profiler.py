@@ -1,6 +1,11 @@
 """A few steps under torch.profiler: compute vs communication, the operators that took the time, a trace."""
 from __future__ import annotations
 
+import collections
+import gzip
+import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,8 +22,8 @@ class CommProfiler:
     inside gloo collectives, which run on gloo's own threads, vs operator time outside them. All are
     seconds per step of this rank, with the profiled steps' wall time (slower than unprofiled steps)
     to compare them with; the summary is empty when no step was profiled. ``top_ops`` keeps the
-    operators and CUDA runtime calls that took the most device time or the most host time, per step:
-    where a step's time goes, and whether the host keeps up with the GPU. With ``trace`` set, the
+    kernels and copies that took the most device time and the operators and CUDA runtime calls that took
+    the most host time, per step: where a step's time goes, and whether the host keeps up with the GPU. With ``trace`` set, the
     profiled steps are also written there as a gzipped Chrome trace (open in Perfetto or chrome://tracing).
     """
 
@@ -53,36 +58,70 @@ class CommProfiler:
         if step <= self._from:
             return
         n = step - self._from
-        if self.trace is not None:
-            self.trace.parent.mkdir(parents=True, exist_ok=True)
-            prof.export_chrome_trace(str(self.trace))  # a name ending in .gz is written gzipped
-        comm = compute = 0.0  # microseconds
-        for e in prof.events():
-            is_comm = any(name in e.name.lower() for name in self.COMM)
-            if self.device.type == "cuda":
-                if e.device_type != torch.autograd.DeviceType.CUDA:
-                    continue
-                spent = e.time_range.elapsed_us()
-            elif is_comm:
-                spent = e.cpu_time_total
-            elif e.name.startswith("aten::"):
-                spent = e.self_cpu_time_total
-            else:
-                continue
-            if is_comm:
-                comm += spent
-            else:
-                compute += spent
-        # a step the host cannot feed fast enough shows in the host-time list (launches, synchronisations)
-        averages = prof.key_averages()
-        by_device = sorted(averages, key=lambda a: a.self_device_time_total, reverse=True)[:15]
-        by_host = sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[:15]
-        top = {a.key: a for a in by_device + by_host}.values()
-        self.top_ops = sorted(({"op": a.key, "calls_per_step": a.count / n, "device_ms_per_step": a.self_device_time_total / n / 1e3,
-                                "cpu_ms_per_step": a.self_cpu_time_total / n / 1e3} for a in top),
+        # Read from the trace that the profiler's own library writes, not from torch's Python view of the events
+        # (prof.events(), key_averages()): that one builds an object per event, seconds for a step of a small model
+        # and tens of seconds for a large one, at every run's end.
+        with tempfile.TemporaryDirectory() as folder:
+            plain = Path(folder) / "trace.json"
+            prof.export_chrome_trace(str(plain))
+            if self.trace is not None:
+                self.trace.parent.mkdir(parents=True, exist_ok=True)
+                with plain.open("rb") as src, gzip.open(self.trace, "wb", compresslevel=1) as dst:
+                    shutil.copyfileobj(src, dst)
+            events = [e for e in json.loads(plain.read_bytes())["traceEvents"] if e.get("ph") == "X"]
+        device, host = device_times(events), host_self_times(events)
+        if self.device.type == "cuda":
+            comm = sum(us for name, us in device.items() if self._is_comm(name))
+            compute = sum(device.values()) - comm
+        else:  # gloo's collectives from start to end (their own threads do the work); the operators' own time
+            comm = sum(e["dur"] for e in events if e.get("cat") in HOST_WORK and self._is_comm(e["name"]))
+            compute = sum(us for name, us in host.items() if name.startswith("aten::"))
+        # where a step's time goes, and whether the host keeps up with the GPU: the kernels and copies that took the
+        # most device time, the operators and CUDA calls that took the most host time (their own, not their callees')
+        calls = collections.Counter(e["name"] for e in events if e.get("cat") in DEVICE_WORK + HOST_WORK)
+        top = dict.fromkeys(sorted(device, key=device.get, reverse=True)[:15] + sorted(host, key=host.get, reverse=True)[:15])
+        self.top_ops = sorted(({"op": name, "calls_per_step": calls[name] / n, "device_ms_per_step": device.get(name, 0.0) / n / 1e3,
+                                "cpu_ms_per_step": host.get(name, 0.0) / n / 1e3} for name in top),
                               key=lambda o: (o["device_ms_per_step"], o["cpu_ms_per_step"]), reverse=True)
         self._result = {"comm_s": comm / n / 1e6, "compute_s": compute / n / 1e6, "profiled_step_s": wall / n,
                         "profiled_steps": n}
 
+    def _is_comm(self, name: str) -> bool:
+        return any(word in name.lower() for word in self.COMM)
+
     def summary(self) -> dict[str, float]:
         return dict(self._result)
+
+
+DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # a trace's events of work on the GPU
+HOST_WORK = ("cpu_op", "user_annotation", "cuda_runtime", "cuda_driver")  # and on the host, nested on each thread
+
+
+def device_times(events: list[dict]) -> dict[str, float]:
+    """Microseconds on the GPU by kernel or copy name."""
+    spent: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") in DEVICE_WORK:
+            spent[e["name"]] += e["dur"]
+    return dict(spent)
+
+
+def host_self_times(events: list[dict]) -> dict[str, float]:
+    """Microseconds on the host by operator or CUDA call, each without the calls made inside it: the events of one
+    thread nest (a call lies within its caller), so each one's time less its direct callees' is its own."""
+    threads: dict[tuple, list[dict]] = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") in HOST_WORK:
+            threads[e["pid"], e["tid"]].append(e)
+    own: collections.Counter = collections.Counter()
+    for calls in threads.values():
+        calls.sort(key=lambda e: (e["ts"], -e["dur"]))  # a caller before the calls it makes
+        open_calls: list[dict] = []
+        for e in calls:
+            while open_calls and open_calls[-1]["ts"] + open_calls[-1]["dur"] <= e["ts"]:
+                open_calls.pop()
+            if open_calls:
+                own[open_calls[-1]["name"]] -= e["dur"]
+            own[e["name"]] += e["dur"]
+            open_calls.append(e)
+    return dict(own)

@@ -5,14 +5,9 @@ from torch import nn
 from transformers import AutoModelForQuestionAnswering, BertConfig
 
 from labkit.config import ModelConfig
-from labkit.models import apply_checkpointing, build_hf
+from labkit.models import apply_checkpointing, build_hf, presets
 
-# BertConfig's defaults are bert-base-uncased's architecture; tiny is for CPU smoke runs.
-PRESETS = {
-    "tiny": ("prajjwal1/bert-tiny", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)),
-    "base": ("bert-base-uncased", {}),
-    "large": ("bert-large-uncased", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)),
-}
+PRESETS = presets.BERT
 
 
 def build(cfg: ModelConfig, vocab_size: int, max_length: int) -> tuple[nn.Module, dict]:

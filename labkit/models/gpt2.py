@@ -7,17 +7,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from labkit.config import ModelConfig
-from labkit.models import apply_checkpointing, build_hf
+from labkit.models import apply_checkpointing, build_hf, presets
 
-# GPT2Config's defaults are gpt2's (124M) architecture with its 50,257-token vocabulary; the real
-# presets keep that vocabulary so parameter counts and memory are GPT-2's even when an offline
-# tokenizer uses only the first rows. tiny is for CPU smoke runs and has no pretrained weights.
-PRESETS = {
-    "tiny": (None, dict(n_embd=128, n_layer=2, n_head=4)),
-    "small": ("openai-community/gpt2", {}),
-    "medium": ("openai-community/gpt2-medium", dict(n_embd=1024, n_layer=24, n_head=16)),  # = "gpt2-medium"
-    "large": ("openai-community/gpt2-large", dict(n_embd=1280, n_layer=36, n_head=20)),
-}
+PRESETS = presets.GPT2
 LORA_TARGETS = ["c_attn"]  # the fused query/key/value projection, peft's default for GPT-2
 
 

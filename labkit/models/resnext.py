@@ -17,15 +17,9 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 from labkit.config import ModelConfig
-from labkit.models import Checkpointed, apply_checkpointing
+from labkit.models import Checkpointed, apply_checkpointing, presets
 
-# blocks per stage, cardinality (groups), bottleneck width of the first stage, stem channels
-PRESETS = {
-    "tiny": dict(num_blocks=(1, 1, 1), cardinality=2, bottleneck_width=4, stem=8),  # CPU smoke runs
-    "resnext29_2x64d": dict(num_blocks=(3, 3, 3), cardinality=2, bottleneck_width=64, stem=64),
-    "resnext29_4x64d": dict(num_blocks=(3, 3, 3), cardinality=4, bottleneck_width=64, stem=64),  # the original lab's
-    "resnext29_32x4d": dict(num_blocks=(3, 3, 3), cardinality=32, bottleneck_width=4, stem=64),
-}
+PRESETS = presets.RESNEXT
 
 
 class Block(nn.Module):

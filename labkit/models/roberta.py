@@ -8,19 +8,13 @@ from torch import nn
 from transformers import AutoModel, RobertaConfig
 
 from labkit.config import ModelConfig
-from labkit.models import apply_checkpointing, build_hf
+from labkit.models import apply_checkpointing, build_hf, presets
 
 # RobertaConfig's defaults are BERT-base's sizes; roberta-base adds its 50,265-token vocabulary, 514 positions
 # (512 plus the padding offset) and one token type. tiny is for CPU smoke runs.
 ROBERTA = dict(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
                eos_token_id=2)
-PRESETS = {
-    "tiny": ("FacebookAI/roberta-base", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                             intermediate_size=256)),
-    "base": ("FacebookAI/roberta-base", {}),
-    "large": ("FacebookAI/roberta-large", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                               intermediate_size=4096)),
-}
+PRESETS = presets.ROBERTA
 ROBERTA_VOCAB = 50265
 
 

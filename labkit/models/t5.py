@@ -9,16 +9,9 @@ from torch import nn
 from transformers import AutoModelForSeq2SeqLM, T5Config
 
 from labkit.config import ModelConfig
-from labkit.models import apply_checkpointing, build_hf
+from labkit.models import apply_checkpointing, build_hf, presets
 
-# T5Config's defaults are t5-small's architecture; tiny is for CPU smoke runs. The hub names are the
-# canonical ids of t5-small / t5-base / t5-large (the short names redirect to them).
-PRESETS = {
-    "tiny": ("google-t5/t5-small", dict(d_model=64, d_kv=16, d_ff=256, num_layers=2, num_heads=4)),
-    "small": ("google-t5/t5-small", {}),
-    "base": ("google-t5/t5-base", dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12)),
-    "large": ("google-t5/t5-large", dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16)),
-}
+PRESETS = presets.T5
 T5_VOCAB = 32128  # rows of the real models' embedding (32,100 tokens, padded)
 
 
