@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as f:  # a row is written as soon as it is measured
+        csv.DictWriter(f, COLUMNS, lineterminator="\n").writeheader()
     rows = []
     for params in args.params:
         cfg = config_mod.load(params, args.profile)
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         task = build_task(cfg)
         model = task.model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        batch = {k: v.to(device) for k, v in task.collate_fn(task.train_set[:cfg.train.batch_size]).items()}
+        collate = task.collate_fn or torch.utils.data.default_collate
+        batch = {k: v.to(device) for k, v in collate([task.train_set[i] for i in range(cfg.train.batch_size)]).items()}
         autocast = PRECISIONS[cfg.train.precision].autocast_on(device)
 
         def steps(n: int) -> None:
@@ -90,13 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                                  "profiled_steps": args.steps, "events": events, "seconds": round(seconds, 3),
                                  "trace_mb": round(trace.stat().st_size / 1e6, 2)})
                     print(rows[-1], flush=True)
+                    with args.out.open("a", newline="") as f:
+                        csv.DictWriter(f, COLUMNS, lineterminator="\n").writerow(rows[-1])
         del model, optimizer, task
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
     print(f"{len(rows)} rows: {args.out}")
     return 0
 

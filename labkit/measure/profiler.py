@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -27,7 +28,7 @@ class CommProfiler:
     profiled steps are also written there as a gzipped Chrome trace (open in Perfetto or chrome://tracing).
     """
 
-    COMM = ("nccl", "gloo:")  # how the profiler names NCCL kernels and gloo collectives
+    COMM = re.compile("nccl|gloo:", re.IGNORECASE)  # how the profiler names NCCL kernels and gloo collectives
 
     def __init__(self, device: torch.device, trace: Path | None = None):
         self.device, self.trace, self._prof, self._result = device, trace, None, {}
@@ -87,7 +88,7 @@ class CommProfiler:
                         "profiled_steps": n}
 
     def _is_comm(self, name: str) -> bool:
-        return any(word in name.lower() for word in self.COMM)
+        return self.COMM.search(name) is not None
 
     def summary(self) -> dict[str, float]:
         return dict(self._result)
