@@ -136,6 +136,8 @@ def fit(cfg: Config, task: Task, fabric: Fabric, trace: Path | None = None) -> d
     ``trace``: where the profiled steps' Chrome trace goes (with measure.profile_steps > 0)."""
     t = cfg.train
     meter = Meter(cfg, fabric, trace)
+    if any(p.device.type != "cpu" for p in task.model.parameters()):
+        meter.memory.built_on_device()
     counts = count_parameters(task.model)  # before FSDP replaces the parameters with shards
     with meter.phase("setup"):
         model, optimizer = setup_model_and_optimizer(fabric, prepare_model(cfg, task.model), t)

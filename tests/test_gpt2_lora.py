@@ -110,3 +110,6 @@ def test_memory_probe_is_absent_on_a_cpu_and_subtracts_readings_on_a_gpu():
                       "backward": 4 * gb, "optimizer": 8 * gb}
     assert probe.measured_gb() == pytest.approx({"weights_measured_gb": 2.0, "activations_measured_gb": 2.9,
                                                  "gradients_measured_gb": 1.9, "optimizer_measured_gb": 4.0})
+    probe.built_on_device()  # weights drawn on the device before the first reading: not measured, the rest is
+    assert probe.measured_gb() == pytest.approx({"activations_measured_gb": 2.9, "gradients_measured_gb": 1.9,
+                                                 "optimizer_measured_gb": 4.0})

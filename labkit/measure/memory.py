@@ -55,14 +55,21 @@ class MemoryProbe:
         if self.device.type == "cuda" and point not in self.readings:
             self.readings[point] = torch.cuda.memory_allocated(self.device)
 
+    def built_on_device(self) -> None:
+        """The model was built on the device (its weights drawn there, or placed over several GPUs): no reading was
+        taken before its weights arrived, so the weights are not measured."""
+        self.readings.pop("before_setup", None)
+
     def measured_gb(self) -> dict[str, float]:
         r = self.readings
-        if len(r) < 6:
+        if not {"start", "forward", "backward", "optimizer"} <= r.keys():
             return {}
-        return {"weights_measured_gb": (r["setup"] - r["before_setup"]) / 1e9,
-                "gradients_measured_gb": (r["backward"] - r["start"]) / 1e9,
-                "optimizer_measured_gb": (r["optimizer"] - r["backward"]) / 1e9,
-                "activations_measured_gb": (r["forward"] - r["start"]) / 1e9}
+        measured = {"gradients_measured_gb": (r["backward"] - r["start"]) / 1e9,
+                    "optimizer_measured_gb": (r["optimizer"] - r["backward"]) / 1e9,
+                    "activations_measured_gb": (r["forward"] - r["start"]) / 1e9}
+        if {"before_setup", "setup"} <= r.keys():
+            measured["weights_measured_gb"] = (r["setup"] - r["before_setup"]) / 1e9
+        return measured
 
 
 def optimizer_states(optimizer: torch.optim.Optimizer) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -32,12 +33,13 @@ def apply_checkpointing(blocks: nn.ModuleList, mode: str, every: int = 2) -> int
     return len(chosen)
 
 
-def build_hf(auto_cls, cfg, hub_name: str, random_config) -> tuple[nn.Module, dict]:
+def build_hf(auto_cls, cfg, hub_name: str, random_config, device: torch.device | None = None) -> tuple[nn.Module, dict]:
     """A Hugging Face model: pretrained from the hub or a local folder, or the architecture of
-    ``random_config`` with random weights (the offline default: no download, nothing learned yet)."""
+    ``random_config`` with random weights (the offline default: no download, nothing learned yet), those drawn
+    on ``device`` where given."""
     attn = {"attn_implementation": cfg.attn_implementation}
     if cfg.weights == "random":
-        with without_default_init():
+        with without_default_init(), torch.device(device or "cpu"):
             model = auto_cls.from_config(random_config, **attn)
         source = f"{hub_name} architecture, random weights"
     else:

@@ -15,16 +15,17 @@ PRESETS = presets.T5
 T5_VOCAB = 32128  # rows of the real models' embedding (32,100 tokens, padded)
 
 
-def build(cfg: ModelConfig, vocab_size: int) -> tuple[nn.Module, dict]:
+def build(cfg: ModelConfig, vocab_size: int, device: torch.device | None = None) -> tuple[nn.Module, dict]:
     """T5ForConditionalGeneration as ``cfg`` says: hub / local weights, or the preset's architecture with
     random weights and ``vocab_size`` rows (the real 32,128 for the real sizes, so the LM head costs what it
-    does in the real model); layer-split over ``cfg.split_devices`` GPUs when that is above 1."""
+    does in the real model); layer-split over ``cfg.split_devices`` GPUs when that is above 1. Random weights
+    are drawn on ``device`` where given: t5-large's 738M draws take seconds on a CPU, where one thread draws them."""
     if cfg.preset not in PRESETS:
         raise ValueError(f"model.preset '{cfg.preset}' is not a T5 preset; choose one of {sorted(PRESETS)}")
     hub_name, sizes = PRESETS[cfg.preset]
     rows = vocab_size if cfg.preset == "tiny" else max(vocab_size, T5_VOCAB)
     config = T5Config(vocab_size=rows, decoder_start_token_id=0, **sizes)  # T5 starts decoding from <pad>
-    model, info = build_hf(AutoModelForSeq2SeqLM, cfg, hub_name, config)
+    model, info = build_hf(AutoModelForSeq2SeqLM, cfg, hub_name, config, device)
     # Training never reads the decoder's key/value cache, and a checkpointed block recomputed with the cache
     # its first pass filled would compute something else; generate() turns it on for itself.
     model.config.use_cache = model.decoder.config.use_cache = False  # the decoder keeps a copy of the config

@@ -40,6 +40,7 @@ from labkit.measure import output_absmax
 from labkit.config import Config
 from labkit.models import t5
 from labkit.precision import PRECISIONS
+from labkit.preflight import uses_cuda
 from labkit.tasks import Task, transformer_flops_per_sample
 
 GSM8K_HUB = ("openai/gsm8k", "main")
@@ -205,7 +206,8 @@ def build_task(cfg: Config) -> Task:
     test_set = text_pairs(d.dataset, test_examples, d.gsm8k_target) if test_examples else None
     tokenizer = load_tokenizer(cfg.model, [text for pair in train_set for text in pair if text], "unigram", t5.T5_VOCAB,
                                t5.PRESETS[cfg.model.preset][0])
-    model, info = t5.build(cfg.model, len(tokenizer))
+    # Drawn on this process's GPU where the run uses one (Fabric has made it the current device).
+    model, info = t5.build(cfg.model, len(tokenizer), torch.device("cuda", torch.cuda.current_device()) if uses_cuda(cfg) else None)
     collate = TextToText(tokenizer, d.max_length, d.target_length, d.padding, d.pad_multiple)
     evaluate = make_evaluate(cfg, tokenizer, collate, val_set, val_examples)
 
