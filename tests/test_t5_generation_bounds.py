@@ -27,3 +27,51 @@ def test_generation_is_bounded_by_the_reference_answers(monkeypatch):
     assert [c["n"] for c in calls] == [4, 4]
     assert all(c["max_new_tokens"] == longest and c["eos_token_id"] == tokenizer.eos_token_id for c in calls)
     assert not any(c["synced_gpus"] for c in calls)  # one process: nothing to keep in step
+
+
+CFG = {"task": "t5_qa", "model": {"preset": "tiny"}, "train": {"batch_size": 4},
+       "data": {"dataset": "gsm8k", "train_examples": 32, "val_examples": 10, "max_length": 96, "target_length": 48,
+                "doc_stride": 0}}
+
+
+def _answers(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a replicated model (as under DDP): the questions it answered itself and the answers scored."""
+    import json
+    import os
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        task = t5_qa.build_task(Config.model_validate(CFG))
+        asked, scored, generate, score = [], [], T5ForConditionalGeneration.generate, t5_qa.score
+        T5ForConditionalGeneration.generate = lambda self, **kw: asked.append(len(kw["input_ids"])) or generate(self, **kw)
+        t5_qa.score = lambda dataset, generated, *rest: scored.append(generated) or score(dataset, generated, *rest)
+        metrics = task.evaluate(task.model.eval(), 4, 10)
+        Path(out, f"{rank}.json").write_text(json.dumps({"asked": asked, "answers": scored[0], "metrics": metrics}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_replicated_ranks_answer_a_share_each_and_score_every_answer(tmp_path, free_port):
+    """Under DDP or ZeRO-2 each rank holds the whole model: two ranks answer 5 of the 10 questions each, and both
+    score the same 10 answers that one process gives."""
+    import json
+
+    torch.manual_seed(0)
+    task = t5_qa.build_task(Config.model_validate(CFG))
+    answers, score = [], t5_qa.score
+    t5_qa.score = lambda dataset, generated, *rest: answers.append(generated) or score(dataset, generated, *rest)
+    try:
+        alone = task.evaluate(task.model.eval(), 4, 10)
+    finally:
+        t5_qa.score = score
+    torch.multiprocessing.start_processes(_answers, args=(2, free_port, str(tmp_path)), nprocs=2, start_method="fork")
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert [sum(r["asked"]) for r in ranks] == [5, 5] and ranks[0]["asked"] == [4, 1]
+    assert ranks[0]["answers"] == ranks[1]["answers"] == answers[0] and len(answers[0]) == 10
+    assert ranks[0]["metrics"] == ranks[1]["metrics"] == alone

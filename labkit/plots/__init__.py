@@ -2,7 +2,7 @@
 device it ran on. Notebooks use them as ``from labkit import plots; plots.<name>(records)``."""
 from labkit.plots.checkpointing import batch_search_figure, checkpointing_table, largest_batch_curves, largest_batch_table
 from labkit.plots.common import (PRECISION_NAMES, SUMMARY_COLUMNS, banner, bars, gpu_timeline, loss_curves,
-                                 show_banner, step_split, summary_table)
+                                 run_time_split, show_banner, step_split, summary_table)
 from labkit.plots.finetune import (dialogue_quality_table, finetune_label, generations_table, memory_breakdown, memory_table,
                                    sweep_loss_curves, sweep_order, sweep_table, train_test_curves)
 from labkit.plots.loaders import loader_comparison, loader_table, workers_figure
@@ -19,7 +19,7 @@ __all__ = [
     "PRECISION_NAMES", "SUMMARY_COLUMNS", "banner", "bars", "batch_search_figure", "checkpointing_table", "comm_split",
     "finetune_label", "generations_table", "gpu_timeline", "gpus_of", "loader_comparison", "loader_table", "loss_curves",
     "memory_breakdown", "memory_per_gpu", "memory_table", "metric_bars", "pareto", "parallelism", "precision_speedups",
-    "precision_table", "scaling_bars", "scaling_plot", "scaling_table", "show_banner", "step_split", "strategy_rows",
+    "precision_table", "run_time_split", "scaling_bars", "scaling_plot", "scaling_table", "show_banner", "step_split", "strategy_rows",
     "strategy_table", "strategy_times", "summary_table", "sweep_loss_curves", "sweep_order", "sweep_table", "t5_table",
     "val_loss_curves", "workers_figure",
     "candidates_table", "rouge_figure", "rouge_table", "setup_of", "simcls_table",

@@ -10,7 +10,7 @@ import seaborn as sns
 
 from labkit.precision import PRECISIONS
 from labkit.plots.tables import number
-from labkit.results import device_label, each_rank, step_spread
+from labkit.results import device_label, each_rank, step_spread, time_split
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -177,6 +177,28 @@ def step_split(records: Sequence[dict]) -> plt.Figure | None:
     df = pd.DataFrame(rows).pivot(index="config", columns="phase", values="ms")[list(phases.values())]
     ax = df.plot.barh(stacked=True, figsize=(8, 0.6 * len(df) + 1.5))
     ax.set(xlabel="median ms per step", ylabel="", title=f"Where a step's time goes ({devices_in(records)})")
+    legend_outside(ax)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+RUN_PARTS = {"start_processes_s": "processes' start", "imports_s": "imports", "build_task_s": "data and model",
+             "setup_s": "set-up", "first_step_s": "first step", "training_s": "training and validation",
+             "finish_s": "final evaluation", "stop_processes_s": "processes' end"}  # labkit.results.TIME_SPLIT, in order
+
+
+def run_time_split(records: Sequence[dict]) -> plt.Figure | None:
+    """Each finished run's wall time part by part (labkit.results.time_split), a bar per run. A run in the notebook's
+    own process starts at its data and model: it imported its libraries in the notebook's earlier cells."""
+    rows = [{"config": r["run"]["config"], "part": RUN_PARTS[part], "s": seconds}
+            for r in records if r.get("status") == "ok" for part, seconds in time_split(r).items()]
+    if not rows:
+        print("No run of these has its time split: none finished, or their records come from before the kit kept a clock.")
+        return None
+    df = pd.DataFrame(rows).pivot(index="config", columns="part", values="s")
+    df = df[[name for name in RUN_PARTS.values() if name in df]]
+    ax = df.plot.barh(stacked=True, figsize=(9, 0.45 * len(df) + 1.8))
+    ax.set(xlabel="seconds", ylabel="", title=f"Where each run's time went ({devices_in(records)})")
     legend_outside(ax)
     ax.figure.tight_layout()
     return ax.figure

@@ -267,19 +267,26 @@ def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: lis
         fsdp = hasattr(core, "unshard") and hasattr(core, "reshard")
         if fsdp:
             core.unshard()
+        # A replicated model (DDP, ZeRO-2) answers its rank's share of the questions and the ranks pool the answers;
+        # sharded parameters are gathered by every rank together, so FSDP's ranks answer every question in step.
+        shared = sharded and not fsdp
+        ranks, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if shared else (1, 0)
+        share = math.ceil(len(pairs) / ranks)
         generated = []
         try:
             with autocast:
-                for i in range(0, len(pairs), batch_size):
-                    batch = collate(pairs[i: i + batch_size])
-                    # Sharded parameters are gathered by every rank together, so FSDP's ranks decode in step until
-                    # all have finished; replicated models (DDP, ZeRO-2) generate on their own.
+                for i in range(rank * share, min(len(pairs), (rank + 1) * share), batch_size):
+                    batch = collate(pairs[i: min(i + batch_size, (rank + 1) * share)])
                     out = core.generate(input_ids=batch["input_ids"].to(device),
                                         attention_mask=batch["attention_mask"].to(device),
                                         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                         synced_gpus=fsdp and sharded)
                     generated += tokenizer.batch_decode(out, skip_special_tokens=True)
+                if shared:
+                    pooled: list[list[str]] = [[] for _ in range(ranks)]
+                    torch.distributed.all_gather_object(pooled, generated)
+                    generated = [answer for part in pooled for answer in part]  # rank order is the questions' order
                 metrics = score(dataset, generated, pairs, examples, cfg.data.gsm8k_target)
                 metrics.update(activation_range(core, collate(pairs[:batch_size]), device))
         finally:
