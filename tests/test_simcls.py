@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import labkit
-from labkit import results
+from labkit import preflight, results
 from labkit.config import Config, ModelConfig
 from labkit.data.synthetic.cord19 import generate_cord19
 from labkit.data.tokenizers import train_unigram
@@ -274,8 +274,9 @@ def test_smoke_configuration_trains_and_a_cached_run_starts_from_the_same_scorer
 @pytest.mark.slow
 def test_notebook_09_runs_on_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one math thread per kernel on a busy 2-core machine
-    # bf16, which a CPU without bf16 instructions skips, runs as the run cell runs it, without a kernel of its own;
-    # the notebook executes for the baseline, on the smaller run above
+    # bf16, which a CPU without bf16 instructions skips (this one is made to look so), runs as the run cell runs it,
+    # without a kernel of its own; the notebook executes for the baseline, on the smaller run above
+    monkeypatch.setattr(preflight, "cpu_multiplies", lambda dtype: False)
     labkit.run("params/09_simcls/bf16.yaml", "smoke", SMALL, tmp_path)
     assert runall.main(["--profile", "smoke", "--only", "09", "--config", "baseline", "--runs-dir", str(tmp_path)],
                        overrides=SMALL) == 0

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from labkit import results, widgets
+from labkit import preflight, results, widgets
 from labkit.config import PARAMS_DIR, Config
 from labkit.tasks import Task
 from labkit.train import fit, make_fabric
@@ -83,6 +83,7 @@ def test_labkit_run_keeps_the_previous_record(tmp_path, monkeypatch):
     from labkit.launch import runner
 
     monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(preflight, "cpu_multiplies", lambda dtype: False)  # a CPU without bf16 instructions, as most are
     first = runner.run(f"params/{NB}/baseline_bf16.yaml", "smoke", runs_dir=tmp_path)
     second = runner.run(f"params/{NB}/baseline_bf16.yaml", "smoke", runs_dir=tmp_path)
     assert first["status"] == second["status"] == "skipped"
