@@ -39,7 +39,7 @@ def build_hf(auto_cls, cfg, hub_name: str, random_config, device: torch.device |
     on ``device`` where given."""
     attn = {"attn_implementation": cfg.attn_implementation}
     if cfg.weights == "random":
-        with without_default_init(), torch.device(device or "cpu"):
+        with without_default_init(), torch.device(device) if device else contextlib.nullcontext():
             model = auto_cls.from_config(random_config, **attn)
         source = f"{hub_name} architecture, random weights"
     else:
