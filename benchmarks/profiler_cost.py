@@ -14,6 +14,7 @@ import argparse
 import csv
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,12 +28,34 @@ from labkit.tasks import build_task
 COLUMNS = ["config", "device", "reading", "repeat", "profiled_steps", "events", "seconds", "trace_mb"]
 
 
-def torch_view(prof: torch.profiler.profile, trace: Path) -> int:
-    """The way labkit read profiled steps before: every event as a Python object, then the averages and the trace."""
+def torch_view(device: torch.device, run_steps: Callable[[], int], trace: Path) -> tuple[float, int | None]:
+    """The way labkit read profiled steps before: every event as a Python object, then the averages and the trace.
+    Seconds from the steps' end to all of it, and the number of events."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    prof = torch.profiler.profile(activities=activities)
+    prof.start()
+    run_steps()
+    start = time.perf_counter()
+    prof.stop()
     events = prof.events()
     prof.key_averages()
     prof.export_chrome_trace(str(trace))  # a .gz name: written, then compressed by torch
-    return len(events)
+    return time.perf_counter() - start, len(events)
+
+
+def kit_view(device: torch.device, run_steps: Callable[[], int], trace: Path) -> tuple[float, int | None]:
+    """The way labkit reads them now: CommProfiler, from the trace the profiler library writes."""
+    kit = CommProfiler(device, trace)
+    kit.start(0)
+    n = run_steps()
+    start = time.perf_counter()
+    kit.stop(n)
+    return time.perf_counter() - start, None
+
+
+READINGS = {"torch events": torch_view, "profiler's trace": kit_view}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = {k: v.to(device) for k, v in collate([task.train_set[i] for i in range(cfg.train.batch_size)]).items()}
         autocast = PRECISIONS[cfg.train.precision].autocast_on(device)
 
-        def steps(n: int) -> None:
+        def steps(n: int = args.steps) -> int:
             for _ in range(n):
                 with autocast:
                     loss = task.loss(model, batch)
@@ -67,29 +90,14 @@ def main(argv: list[str] | None = None) -> int:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             synchronize(device)
+            return n
 
         steps(3)  # warm: allocator, kernels chosen
         for repeat in range(args.repeats):
             with tempfile.TemporaryDirectory() as folder:
-                for reading in ("torch events", "profiler's trace"):
-                    trace = Path(folder) / f"{reading.split()[0]}.json.gz"
-                    if reading == "torch events":
-                        activities = [torch.profiler.ProfilerActivity.CPU] + (
-                            [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-                        prof = torch.profiler.profile(activities=activities)
-                        prof.start()
-                        steps(args.steps)
-                        start = time.perf_counter()
-                        prof.stop()
-                        events = torch_view(prof, trace)
-                    else:
-                        kit = CommProfiler(device, trace)
-                        kit.start(0)
-                        steps(args.steps)
-                        start = time.perf_counter()
-                        kit.stop(args.steps)
-                        events = None
-                    seconds = time.perf_counter() - start
+                for reading, read in READINGS.items():
+                    trace = Path(folder) / f"{len(rows)}.json.gz"
+                    seconds, events = read(device, steps, trace)
                     rows.append({"config": Path(params).stem, "device": name, "reading": reading, "repeat": repeat + 1,
                                  "profiled_steps": args.steps, "events": events, "seconds": round(seconds, 3),
                                  "trace_mb": round(trace.stat().st_size / 1e6, 2)})

@@ -34,8 +34,6 @@ def uses_cuda(cfg: Config) -> bool:
     return torch.cuda.is_available() and cfg.train.accelerator != "cpu"
 
 
-
-
 def setting_conflicts(cfg: Config) -> list[str]:
     """Combinations of settings that cannot run anywhere, each with its fix (empty: none)."""
     d, t, m = cfg.data, cfg.train, cfg.model

@@ -272,11 +272,12 @@ def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: lis
         shared = sharded and not fsdp
         ranks, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if shared else (1, 0)
         share = math.ceil(len(pairs) / ranks)
+        mine = pairs[rank * share: (rank + 1) * share]
         generated = []
         try:
             with autocast:
-                for i in range(rank * share, min(len(pairs), (rank + 1) * share), batch_size):
-                    batch = collate(pairs[i: min(i + batch_size, (rank + 1) * share)])
+                for i in range(0, len(mine), batch_size):
+                    batch = collate(mine[i: i + batch_size])
                     out = core.generate(input_ids=batch["input_ids"].to(device),
                                         attention_mask=batch["attention_mask"].to(device),
                                         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
