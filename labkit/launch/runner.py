@@ -67,6 +67,7 @@ def execute(cfg: Config, identity: dict, directory: Path, clock: dict[str, float
 
         fabric = make_fabric(cfg)
         fabric.seed_everything(cfg.train.seed)
+        record["clock"]["fabric_made"] = time.time()
         task = build_task(cfg)
         record["clock"]["task_built"] = time.time()
         record["info"] = task.info
