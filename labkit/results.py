@@ -73,7 +73,8 @@ def new_record(identity: dict, params: dict, env: dict, status: str = "running")
 # the rank's process and the loop each write the points they pass into the record's "clock" (Unix seconds).
 TIME_SPLIT = (("start_processes_s", "launched", "process_started"),  # torchrun starting the ranks' interpreters
               ("imports_s", "process_started", "started"),  # the rank importing torch, the model libraries, labkit
-              ("fabric_s", "started", "fabric_made"),  # importing Lightning (and torchmetrics with it), making Fabric
+              ("lightning_import_s", "started", "loop_imported"),  # Lightning, and torchmetrics, which it imports
+              ("fabric_launch_s", "loop_imported", "fabric_made"),  # Fabric made and launched: the device, the process group
               ("build_task_s", "fabric_made", "task_built"),  # data set, tokenizer, model built
               ("setup_s", "task_built", "training_started"),  # model onto the device and wrapped, loaders, process group
               ("first_step_s", "training_started", "first_step"),  # the first step's lazy set-up (kernels, workers)

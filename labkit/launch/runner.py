@@ -65,6 +65,7 @@ def execute(cfg: Config, identity: dict, directory: Path, clock: dict[str, float
         from labkit.tasks import build_task
         from labkit.train import fit, make_fabric
 
+        record["clock"]["loop_imported"] = time.time()
         fabric = make_fabric(cfg)
         fabric.seed_everything(cfg.train.seed)
         record["clock"]["fabric_made"] = time.time()
