@@ -175,7 +175,8 @@ def test_compile_options_reach_torch_compile_over_the_mode(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: asked.append(kwargs) or model)
     cfg = config.load("params/03_mixed_precision/fast_path.yaml", "smoke", {"model.compile_options.conv_1x1_as_mm": True})
     train.prepare_model(cfg, torch.nn.Conv2d(3, 4, 1))
-    assert asked == [{"dynamic": None, "options": {"triton.cudagraphs": True, "conv_1x1_as_mm": True}}]
+    assert asked == [{"dynamic": None, "options": {"triton.cudagraphs": True, "max_autotune_pointwise": True,
+                                                   "conv_1x1_as_mm": True}}]  # the file's option and the one given
     with pytest.raises(config.ConfigError, match="model.compile is false"):
         config.load("params/03_mixed_precision/fast_path.yaml", "smoke",
                     {"model.compile": False, "model.compile_options.conv_1x1_as_mm": True})
