@@ -72,11 +72,12 @@ def new_record(identity: dict, params: dict, env: dict, status: str = "running")
 # A run's way from start to end: each part's (name, the clock point it starts at, the point it ends at). The launcher,
 # the rank's process and the loop each write the points they pass into the record's "clock" (Unix seconds).
 TIME_SPLIT = (("start_processes_s", "launched", "process_started"),  # torchrun starting the ranks' interpreters
-              ("imports_s", "process_started", "started"),  # the rank importing torch, the model libraries, labkit
+              ("imports_s", "process_started", "started"),  # the rank importing torch and labkit
               ("lightning_import_s", "started", "loop_imported"),  # Lightning, and torchmetrics, which it imports
-              ("fabric_launch_s", "loop_imported", "fabric_made"),  # Fabric made and launched: the device, the process group
+              ("fabric_launch_s", "loop_imported", "fabric_made"),  # Fabric made and launched: device, process group
               ("build_task_s", "fabric_made", "task_built"),  # data set, tokenizer, model built
-              ("setup_s", "task_built", "training_started"),  # model onto the device and wrapped, loaders, process group
+              ("setup_s", "task_built", "training_started"),  # model onto the device and wrapped (NCCL's first
+              # communicator, made at the wrapper's first broadcast), loaders
               ("first_step_s", "training_started", "first_step"),  # the first step's lazy set-up (kernels, workers)
               ("training_s", "first_step", "training_ended"),  # the other steps and the validations
               ("finish_s", "training_ended", "finished"),  # the final evaluation, the summary's figures

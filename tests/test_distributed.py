@@ -124,7 +124,8 @@ def test_gloo_ranks_train_like_one_process_with_the_same_global_batch(toy, tmp_p
     assert list(parts) == [name for name, _, _ in results.TIME_SPLIT] and min(parts.values()) >= 0
     assert parts["imports_s"] > 0.1  # the rank's interpreter imported torch
     assert sum(parts.values()) == pytest.approx(many["launch"]["wall_s"], abs=0.5)
-    assert list(own) == ["lightning_import_s", "fabric_launch_s", "build_task_s", "setup_s", "first_step_s", "training_s", "finish_s"]
+    assert list(own) == ["lightning_import_s", "fabric_launch_s", "build_task_s", "setup_s", "first_step_s", "training_s",
+                         "finish_s"]
 
 
 def test_a_rank_that_raises_ends_the_run_with_its_error(toy, tmp_path, monkeypatch):

@@ -76,11 +76,11 @@ def test_step_split_draws_each_rank_of_a_multi_rank_run():
 
 def test_run_time_split_draws_each_part_of_each_run_from_its_clock():
     launched = record("ddp", {}, task="t5_qa")
-    launched["clock"] = {"launched": 0.0, "process_started": 3.0, "started": 8.0, "loop_imported": 11.0, "fabric_made": 12.0, "task_built": 15.0, "training_started": 15.5,
-                         "first_step": 16.5, "training_ended": 30.0, "finished": 30.5, "launch_ended": 31.0}
+    launched["clock"] = {"launched": 0.0, "process_started": 3.0, "started": 8.0, "loop_imported": 11.0, "fabric_made": 12.0,
+                         "task_built": 15.0, "training_started": 15.5, "first_step": 16.5, "training_ended": 30.0, "finished": 30.5, "launch_ended": 31.0}
     own = record("single", {}, task="t5_qa")
-    own["clock"] = {"started": 0.0, "loop_imported": 1.5, "fabric_made": 2.0, "task_built": 3.0, "training_started": 3.5, "first_step": 6.0, "training_ended": 20.0,
-                    "finished": 20.0}
+    own["clock"] = {"started": 0.0, "loop_imported": 1.5, "fabric_made": 2.0, "task_built": 3.0, "training_started": 3.5,
+                    "first_step": 6.0, "training_ended": 20.0, "finished": 20.0}
     old = record("before_the_clock", {}, task="t5_qa")  # an older record: no bar, no error
     ax = plots.run_time_split([launched, own, old]).axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["ddp", "single"]

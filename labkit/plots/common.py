@@ -182,9 +182,8 @@ def step_split(records: Sequence[dict]) -> plt.Figure | None:
     return ax.figure
 
 
-RUN_PARTS = {"start_processes_s": "processes' start", "imports_s": "imports",
-             "lightning_import_s": "Lightning's import", "fabric_launch_s": "Fabric's launch", "build_task_s": "data and model",
-             "setup_s": "set-up", "first_step_s": "first step", "training_s": "training and validation",
+RUN_PARTS = {"start_processes_s": "processes' start", "imports_s": "imports", "lightning_import_s": "Lightning's import",
+             "fabric_launch_s": "Fabric's launch", "build_task_s": "data and model", "setup_s": "set-up", "first_step_s": "first step", "training_s": "training and validation",
              "finish_s": "final evaluation", "stop_processes_s": "processes' end"}  # labkit.results.TIME_SPLIT, in order
 
 
