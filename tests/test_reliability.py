@@ -183,3 +183,15 @@ def test_an_empty_gsm8k_file_names_the_file(tmp_path):
         warnings.simplefilter("error")
         path.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
         assert t5_qa.read_gsm8k(path) == [{"question": "1+1?", "answer": "#### 2"}]
+
+
+def test_run_all_says_when_python_keeps_no_bytecode_cache(tmp_path, monkeypatch, capsys):
+    """Every kernel and rank would compile the libraries' sources again: the log says so and how to keep a cache."""
+    assert runall.bytecode_note({}) is None and runall.bytecode_note({"PYTHONDONTWRITEBYTECODE": ""}) is None
+    monkeypatch.setattr(runall, "plan", lambda only, configs: [])  # nothing to run: only what is said first
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    assert runall.main(["--profile", "smoke", "--runs-dir", str(tmp_path)]) == 0
+    assert "unset PYTHONDONTWRITEBYTECODE, and export PYTHONPYCACHEPREFIX" in capsys.readouterr().err
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE")
+    assert runall.main(["--profile", "smoke", "--runs-dir", str(tmp_path)]) == 0
+    assert "PYTHONDONTWRITEBYTECODE" not in capsys.readouterr().err

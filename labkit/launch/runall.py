@@ -121,6 +121,19 @@ def finished(job: Job, runs_dir: Path, profile: str) -> tuple[str | None, str]:
     return (status, "") if status in FINISHED else (None, "")
 
 
+def bytecode_note(environ: dict[str, str] = os.environ) -> str | None:
+    """A note for the log where Python keeps no bytecode cache (container images often set PYTHONDONTWRITEBYTECODE,
+    and ship none): every notebook's kernel and every rank then compiles torch's, Lightning's and transformers'
+    sources again, seconds per process and per configuration."""
+    if not environ.get("PYTHONDONTWRITEBYTECODE"):
+        return None
+    return ("note: PYTHONDONTWRITEBYTECODE is set, so Python keeps no bytecode cache here and every notebook's kernel "
+            "and every rank compiles torch's, Lightning's and transformers' sources again (on an H200 host, "
+            "`import torch, lightning.fabric` took 12-15 s instead of 8-8.5 s with a cache; docs/benchmarks.md). "
+            "To keep one: unset PYTHONDONTWRITEBYTECODE, and export PYTHONPYCACHEPREFIX=<a writable folder> where "
+            "site-packages is read-only.")
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (scancel, a preempted SLURM job): stop as Ctrl-C does
 
@@ -160,6 +173,8 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> int:
         parser.error(str(err))
     runs_dir = Path(args.runs_dir).resolve()
     os.environ["LABKIT_HEADLESS"] = "1"  # the kernels inherit it: plain progress lines in the logs
+    if note := bytecode_note():
+        print(note, file=sys.stderr, flush=True)
     jobs = plan(args.only, args.config)
     rows = []
     previous = signal.signal(signal.SIGTERM, _terminate)
