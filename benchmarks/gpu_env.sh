@@ -6,7 +6,7 @@
 #   DS_BUILD_OPS=0 pip wheel deepspeed --no-deps --no-build-isolation -w .whl
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # The image sets PYTHONDONTWRITEBYTECODE and ships no bytecode: every process would compile torch's, Lightning's and
-# transformers' sources again (`import torch, lightning.fabric` 12-15 s against 8-8.5 s cached, docs/benchmarks.md).
+# transformers' sources again (`import torch, lightning.fabric` 12-19 s against 8-8.5 s cached, docs/benchmarks.md).
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 have=$(python3 -m pip list --format=freeze 2>/dev/null | tr 'A-Z_' 'a-z-' | cut -d= -f1)

@@ -129,7 +129,7 @@ def bytecode_note(environ: dict[str, str] = os.environ) -> str | None:
         return None
     return ("note: PYTHONDONTWRITEBYTECODE is set, so Python keeps no bytecode cache here and every notebook's kernel "
             "and every rank compiles torch's, Lightning's and transformers' sources again (on an H200 host, "
-            "`import torch, lightning.fabric` took 12-15 s instead of 8-8.5 s with a cache; docs/benchmarks.md). "
+            "`import torch, lightning.fabric` took 12-19 s instead of 8-8.5 s with a cache; docs/benchmarks.md). "
             "To keep one: unset PYTHONDONTWRITEBYTECODE, and export PYTHONPYCACHEPREFIX=<a writable folder> where "
             "site-packages is read-only.")
 
