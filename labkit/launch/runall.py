@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +121,7 @@ def finished(job: Job, runs_dir: Path, profile: str) -> tuple[str | None, str]:
     return (status, "") if status in FINISHED else (None, "")
 
 
-def bytecode_note(environ: dict[str, str] = os.environ) -> str | None:
+def bytecode_note(environ: Mapping[str, str] = os.environ) -> str | None:
     """A note for the log where Python keeps no bytecode cache (container images often set PYTHONDONTWRITEBYTECODE,
     and ship none): every notebook's kernel and every rank then compiles torch's, Lightning's and transformers'
     sources again, seconds per process and per configuration."""

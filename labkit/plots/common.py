@@ -183,13 +183,14 @@ def step_split(records: Sequence[dict]) -> plt.Figure | None:
 
 
 RUN_PARTS = {"start_processes_s": "processes' start", "imports_s": "imports", "lightning_import_s": "Lightning's import",
-             "fabric_launch_s": "Fabric's launch", "build_task_s": "data and model", "setup_s": "set-up", "first_step_s": "first step", "training_s": "training and validation",
-             "finish_s": "final evaluation", "stop_processes_s": "processes' end"}  # labkit.results.TIME_SPLIT, in order
+             "fabric_launch_s": "Fabric's launch", "build_task_s": "data and model", "setup_s": "set-up",
+             "first_step_s": "first step", "training_s": "training and validation", "finish_s": "final evaluation",
+             "stop_processes_s": "processes' end"}  # labkit.results.TIME_SPLIT's parts, in its order
 
 
 def run_time_split(records: Sequence[dict]) -> plt.Figure | None:
     """Each finished run's wall time part by part (labkit.results.time_split), a bar per run. A run in the notebook's
-    own process starts at its data and model: it imported its libraries in the notebook's earlier cells."""
+    own process starts at Lightning's import: it imported torch and labkit in the notebook's earlier cells."""
     rows = [{"config": r["run"]["config"], "part": RUN_PARTS[part], "s": seconds}
             for r in records if r.get("status") == "ok" for part, seconds in time_split(r).items()]
     if not rows:

@@ -207,7 +207,8 @@ def build_task(cfg: Config) -> Task:
     tokenizer = load_tokenizer(cfg.model, [text for pair in train_set for text in pair if text], "unigram", t5.T5_VOCAB,
                                t5.PRESETS[cfg.model.preset][0])
     # Drawn on this process's GPU where the run uses one (Fabric has made it the current device).
-    model, info = t5.build(cfg.model, len(tokenizer), torch.device("cuda", torch.cuda.current_device()) if uses_cuda(cfg) else None)
+    device = torch.device("cuda", torch.cuda.current_device()) if uses_cuda(cfg) else None
+    model, info = t5.build(cfg.model, len(tokenizer), device)
     collate = TextToText(tokenizer, d.max_length, d.target_length, d.padding, d.pad_multiple)
     evaluate = make_evaluate(cfg, tokenizer, collate, val_set, val_examples)
 
