@@ -246,6 +246,9 @@ class TrainConfig(_Section):
     schedule: Literal["linear", "constant"] = "linear"
     grad_clip: float | None = Field(None, gt=0)
     precision: Literal["32", "tf32", "16-mixed", "bf16-mixed", "bf16-true"] = "32"
+    # How many of cuDNN's algorithms for a convolution shape are timed, the fastest kept (0: every one). More timing
+    # takes longer at the first step and may pick an algorithm with a larger workspace; PyTorch's default is 10
+    cudnn_benchmark_limit: int = Field(10, ge=0)
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     strategy: Literal["auto", "dp", "ddp", "fsdp", "deepspeed"] = "auto"
     devices: int = Field(1, gt=0)

@@ -44,6 +44,7 @@ def make_fabric(cfg: Config) -> Fabric:
     torch.set_float32_matmul_precision("high" if t.precision == "tf32" else "highest")
     # Inputs keep one shape per run, so cuDNN may time its convolution algorithms once and keep the fastest.
     torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark_limit = t.cudnn_benchmark_limit
     os.environ.update(NO_MULTICAST)  # before any process group or NCCL communicator exists
     backend = None if cfg.launch.backend == "auto" else cfg.launch.backend  # auto: nccl on GPUs, gloo on CPUs
     strategy: Any = t.strategy  # auto: one device; dp: DataParallel over this process's GPUs

@@ -181,3 +181,17 @@ def test_the_copy_stream_setting_leaves_training_on_a_cpu_as_it_was():
         cfg, task = make({"copy_stream": copy_stream}, accelerator="cpu")
         losses.append([loss for _, _, loss in fit(cfg, task, make_fabric(cfg))["curves"]["train_loss"]])
     assert losses[0] == losses[1] and len(losses[0]) > 3
+
+
+def test_cudnn_times_as_many_algorithms_as_the_run_says():
+    """train.cudnn_benchmark_limit reaches cuDNN for the run that sets it, and the next run gets its own."""
+    from labkit import config
+
+    fast = config.load("params/03_mixed_precision/fast_path.yaml", "smoke")
+    assert fast.train.cudnn_benchmark_limit == 0  # the fast path times every algorithm
+    make_fabric(fast)
+    assert torch.backends.cudnn.benchmark and torch.backends.cudnn.benchmark_limit == 0
+    make_fabric(config.load("params/03_mixed_precision/resnext_bf16.yaml", "smoke"))
+    assert torch.backends.cudnn.benchmark_limit == 10
+    with pytest.raises(config.ConfigError, match="cudnn_benchmark_limit"):
+        config.load("params/03_mixed_precision/fast_path.yaml", "smoke", {"train.cudnn_benchmark_limit": -1})
