@@ -110,12 +110,24 @@ def split_item(item: str) -> tuple[str, dict[str, Any]]:
     """The params file of a BENCH item and the settings its suffix changes ({} for none)."""
     file, _, suffix = item.partition(AT)
     changes = {}
-    for pair in filter(None, suffix.split(",")):
+    for pair in filter(None, top_level_split(suffix)):
         key, eq, value = pair.partition("=")
         if not eq or not key:
             raise SystemExit(f"bench item {item!r}: expected <params file>@key=value,... (e.g. @seed=1)")
         changes[key.strip()] = yaml.safe_load(value)
     return file, changes
+
+
+def top_level_split(text: str, sep: str = ",") -> list[str]:
+    """``text`` cut at each ``sep`` outside brackets and braces, so a YAML list or mapping stays one value
+    ('a=[1, 2],b={x: 1}' -> ['a=[1, 2]', 'b={x: 1}'])."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
 
 
 def selected(only: list[str] | None) -> list[str]:

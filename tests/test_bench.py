@@ -232,6 +232,14 @@ def test_a_row_with_settings_changed_runs_its_params_file_with_them_beside_the_r
         bench.selected(["01/nonesuch@model.compile_scope=blocks"])
 
 
+def test_a_changed_setting_may_be_a_list_or_a_mapping():
+    """Commas inside a YAML list or mapping belong to the value; only the ones between settings part them."""
+    file, changes = bench.split_item("params/03_mixed_precision/fast_path.yaml@model.compile_options={a: 1, b: 2},"
+                                     "seed=1,train.betas=[0.9, 0.95]")
+    assert file == "params/03_mixed_precision/fast_path.yaml"
+    assert changes == {"model.compile_options": {"a": 1, "b": 2}, "seed": 1, "train.betas": [0.9, 0.95]}
+
+
 def test_each_row_compiles_from_empty_caches(monkeypatch):
     import os
 
