@@ -56,9 +56,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from labkit import results
+from labkit.config import parse_settings
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -157,7 +156,10 @@ def parse_row(text: str) -> Row:
         raise argparse.ArgumentTypeError(f"{text!r}: expected ROW or ROW:key=value,... with ROW one of {[r.key for r in ROWS]}")
     if not pairs:
         return base
-    overrides = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs.split(","))}
+    try:
+        overrides = parse_settings(pairs)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
     label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
     return Row(f"{base.key}+{label}", f"{base.name} [{label}]", base.config, base.bare, {**base.overrides, **overrides},
                base.in_process, base.torchrun)

@@ -36,7 +36,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from matplotlib.figure import Figure
 
 from labkit import config, results
@@ -109,25 +108,10 @@ def name_of(item: str) -> str:
 def split_item(item: str) -> tuple[str, dict[str, Any]]:
     """The params file of a BENCH item and the settings its suffix changes ({} for none)."""
     file, _, suffix = item.partition(AT)
-    changes = {}
-    for pair in filter(None, top_level_split(suffix)):
-        key, eq, value = pair.partition("=")
-        if not eq or not key:
-            raise SystemExit(f"bench item {item!r}: expected <params file>@key=value,... (e.g. @seed=1)")
-        changes[key.strip()] = yaml.safe_load(value)
-    return file, changes
-
-
-def top_level_split(text: str, sep: str = ",") -> list[str]:
-    """``text`` cut at each ``sep`` outside brackets and braces, so a YAML list or mapping stays one value
-    ('a=[1, 2],b={x: 1}' -> ['a=[1, 2]', 'b={x: 1}'])."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        depth += (char in "[{") - (char in "]}")
-        if char == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return parts + [text[start:]]
+    try:
+        return file, config.parse_settings(suffix)
+    except ValueError as err:
+        raise SystemExit(f"bench item {item!r}: expected <params file>@key=value,... (e.g. @seed=1): {err}") from None
 
 
 def selected(only: list[str] | None) -> list[str]:

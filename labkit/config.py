@@ -416,6 +416,30 @@ def load(config_file: str | Path, profile: str = "smoke", overrides: dict[str, A
         raise ConfigError(_explain(err, path, profile)) from None
 
 
+def parse_settings(text: str) -> dict[str, Any]:
+    """Settings written on one line, as ``load`` takes them: 'seed=1,model.compile_options={a: 1, b: 2}' ->
+    {'seed': 1, 'model.compile_options': {'a': 1, 'b': 2}}. Values are YAML; a comma inside a list or mapping belongs
+    to its value."""
+    settings = {}
+    for pair in filter(None, _top_level_split(text)):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{pair!r}: expected key=value (e.g. seed=1 or train.lr=1e-4)")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
+def _top_level_split(text: str, sep: str = ",") -> list[str]:
+    """``text`` cut at each ``sep`` outside brackets and braces ('a=[1, 2],b={x: 1}' -> ['a=[1, 2]', 'b={x: 1}'])."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def profile_for(profile: str, task: str | None) -> dict:
     """The profile's settings for one task or notebook (empty where the profile says nothing of it); task None: all."""
     sections = _read_yaml(profile_path(profile))
