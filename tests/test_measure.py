@@ -244,3 +244,21 @@ def test_the_trace_gives_each_call_its_own_host_time_and_each_kernel_its_device_
     assert host_self_times(events) == {"aten::linear": 40 + 50, "aten::addmm": 30, "cudaLaunchKernel": 10, "aten::relu": 20,
                                        "forward": 300}
     assert device_times(events) == {"gemm_kernel": 25, "ncclDevKernel_AllReduce": 15, "Memcpy HtoD": 5}
+
+
+def test_starting_the_profiler_leaves_no_cycle_warning(monkeypatch, recwarn):
+    # torch before 2.12 warns of cleared cycles on every start; on a newer torch, make it warn as the older one did
+    start = torch.profiler.profile.start
+
+    def warning_start(self):
+        import warnings
+        warnings.warn("Warning: Profiler clears events at the end of each cycle.", UserWarning)
+        start(self)
+
+    monkeypatch.setattr(torch.profiler.profile, "start", warning_start)
+    profiler = measure.CommProfiler(torch.device("cpu"))
+    profiler.start(step=0)
+    torch.ones(4).sum()
+    profiler.stop(step=1)
+    assert profiler.summary()["profiled_steps"] == 1
+    assert not [w for w in recwarn if "clears events" in str(w.message)]
