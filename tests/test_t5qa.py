@@ -257,6 +257,8 @@ def _fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
 
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from transformers.models.t5.modeling_t5 import T5Block
 
     from labkit.train import shard_blocks
 
@@ -273,15 +275,28 @@ def _fsdp_rank(rank: int, world: int, port: int, out: str) -> None:
         whole = task.evaluate(task.model, 8, None)
         model = shard_blocks(task.model, init_device_mesh("cpu", (world,)), "32")
         task.loss(model, task.collate_fn(task.train_set[:2])).backward()  # the root's forward runs first, as in training
+        asked = []
+        generate = type(model).generate
+        type(model).generate = lambda self, input_ids, **kw: asked.append(len(input_ids)) or generate(self, input_ids, **kw)
         sharded = task.evaluate(model, 8, None)
-        Path(out, f"{rank}.json").write_text(json.dumps({"whole": whole, "sharded": sharded, "texts": seen}))
+        type(model).generate = generate
+        # afterwards every unit holds its shard again, and the blocks free their gathered parameters after forward
+        after_eval = all(isinstance(p, DTensor) for p in model.parameters())
+        loss = task.loss(model, task.collate_fn(task.train_set[:2]))
+        block = next(m for m in model.modules() if isinstance(m, T5Block))
+        block_resharded = all(isinstance(p, DTensor) for p in block.parameters())
+        loss.backward()
+        Path(out, f"{rank}.json").write_text(json.dumps({
+            "whole": whole, "sharded": sharded, "texts": seen, "asked": asked, "after_eval": after_eval,
+            "block_resharded": block_resharded}))
     finally:
         dist.destroy_process_group()
 
 
 def test_generation_under_fsdp2_matches_the_whole_model(tmp_path, free_port):
     """FSDP2 leaves the root's tied embedding sharded outside its forward, and generate() calls the encoder
-    first: evaluate() must gather it (checked with 2 gloo processes on the CPU)."""
+    first: evaluate() gathers the whole model once, each rank answers its share, and the answers are those of the
+    whole model; afterwards the model is sharded as before (checked with 2 gloo processes on the CPU)."""
     pytest.importorskip("torch.distributed.device_mesh")
     # fork: the ranks start with this process's imports instead of importing everything again
     torch.multiprocessing.start_processes(_fsdp_rank, args=(2, free_port, str(tmp_path)), nprocs=2, start_method="fork")
@@ -290,3 +305,6 @@ def test_generation_under_fsdp2_matches_the_whole_model(tmp_path, free_port):
         whole_texts, sharded_texts = result["texts"]
         assert sharded_texts == whole_texts and len(whole_texts) == 4
         assert result["sharded"]["act_absmax"] == pytest.approx(result["whole"]["act_absmax"], rel=1e-5)
+        # the parameters gathered once, each rank answered its half of the four questions
+        assert result["asked"] == [2]
+        assert result["after_eval"] and result["block_resharded"]

@@ -19,11 +19,13 @@ drugs and diseases with factoid questions).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 from decimal import Decimal
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -244,6 +246,32 @@ def t5_of(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def whole_parameters(model: nn.Module) -> Iterator[str | None]:
+    """Evaluation of an FSDP2 model with each unit's parameters gathered once and kept until the block ends, then
+    sharded again; yields None for a model that is not sharded. Generating an answer runs the decoder once per
+    token: with the units resharding after every forward, each token would gather every block's parameters again.
+    The root unit is gathered by hand: FSDP2 keeps its parameters (T5's tied embedding) sharded outside the root's
+    own forward, and generate() runs the encoder on its own first. Yields "once", or "per forward" on a torch
+    without ``set_reshard_after_forward`` (before 2.7), where only the root stays gathered."""
+    if not (hasattr(model, "unshard") and hasattr(model, "reshard")):  # FSDP2's methods on a sharded module
+        yield None
+        return
+    units = [m for m in model.modules() if hasattr(m, "unshard") and hasattr(m, "reshard")]
+    once = hasattr(model, "set_reshard_after_forward")
+    if once:
+        model.set_reshard_after_forward(False)  # every unit below it too
+    model.unshard()
+    try:
+        yield "once" if once else "per forward"
+    finally:
+        if once:  # as fully_shard left them: the blocks reshard after forward, the root (run first in backward) not
+            model.set_reshard_after_forward(True)
+            model.set_reshard_after_forward(False, recurse=False)
+        for unit in units:
+            unit.reshard()
+
+
 def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: list[tuple[str, str]],
                   val_examples: list[dict]):
     """Answer accuracy by greedy generation over the validation set, and the activations' range (fp16 check)."""
@@ -263,37 +291,28 @@ def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: lis
         autocast = PRECISIONS[cfg.train.precision].autocast_on(device)
         sharded = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
-        # FSDP2 keeps the root's own parameters (the tied embedding) sharded outside the root's forward, and
-        # generate() runs the encoder on its own first: gather them for the whole generation.
-        fsdp = hasattr(core, "unshard") and hasattr(core, "reshard")
-        if fsdp:
-            core.unshard()
-        # A replicated model (DDP, ZeRO-2) answers its rank's share of the questions and the ranks pool the answers;
-        # sharded parameters are gathered by every rank together, so FSDP's ranks answer every question in step.
-        shared = sharded and not fsdp
-        ranks, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if shared else (1, 0)
-        share = math.ceil(len(pairs) / ranks)
-        mine = pairs[rank * share: (rank + 1) * share]
-        generated = []
-        try:
-            with autocast:
-                for i in range(0, len(mine), batch_size):
-                    batch = collate(mine[i: i + batch_size])
-                    out = core.generate(input_ids=batch["input_ids"].to(device),
-                                        attention_mask=batch["attention_mask"].to(device),
-                                        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                        synced_gpus=fsdp and sharded)
-                    generated += tokenizer.batch_decode(out, skip_special_tokens=True)
-                if shared:
-                    pooled: list[list[str]] = [[] for _ in range(ranks)]
-                    torch.distributed.all_gather_object(pooled, generated)
-                    generated = [answer for part in pooled for answer in part]  # rank order is the questions' order
-                metrics = score(dataset, generated, pairs, examples, cfg.data.gsm8k_target)
-                metrics.update(activation_range(core, collate(pairs[:batch_size]), device))
-        finally:
-            if fsdp:
-                core.reshard()
+        with whole_parameters(core) as fsdp, autocast:
+            # A rank that holds the whole model (DDP, ZeRO-2, FSDP2 gathered once) answers its share of the questions
+            # and the ranks pool the answers; an FSDP2 model whose units gather their parameters at every forward
+            # (torch before 2.7) runs the collectives in step, so there every rank answers every question.
+            shared = sharded and fsdp != "per forward"
+            ranks, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if shared else (1, 0)
+            share = math.ceil(len(pairs) / ranks)
+            mine, generated = pairs[rank * share: (rank + 1) * share], []
+            for i in range(0, len(mine), batch_size):
+                batch = collate(mine[i: i + batch_size])
+                out = core.generate(input_ids=batch["input_ids"].to(device),
+                                    attention_mask=batch["attention_mask"].to(device),
+                                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                    synced_gpus=sharded and not shared)
+                generated += tokenizer.batch_decode(out, skip_special_tokens=True)
+            if shared:
+                pooled: list[list[str]] = [[] for _ in range(ranks)]
+                torch.distributed.all_gather_object(pooled, generated)
+                generated = [answer for part in pooled for answer in part]  # rank order is the questions' order
+            metrics = score(dataset, generated, pairs, examples, cfg.data.gsm8k_target)
+            metrics.update(activation_range(core, collate(pairs[:batch_size]), device))
         return metrics
 
     return evaluate
