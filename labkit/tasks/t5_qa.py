@@ -23,9 +23,9 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -252,8 +252,8 @@ def whole_parameters(model: nn.Module) -> Iterator[str | None]:
     sharded again; yields None for a model that is not sharded. Generating an answer runs the decoder once per
     token: with the units resharding after every forward, each token would gather every block's parameters again.
     The root unit is gathered by hand: FSDP2 keeps its parameters (T5's tied embedding) sharded outside the root's
-    own forward, and generate() runs the encoder on its own first. Yields "once", or "per forward" on a torch
-    without ``set_reshard_after_forward`` (before 2.7), where only the root stays gathered."""
+    own forward, and generate() runs the encoder on its own first. Yields "once", or "per forward" on an older torch
+    without ``set_reshard_after_forward``, where only the root stays gathered."""
     if not (hasattr(model, "unshard") and hasattr(model, "reshard")):  # FSDP2's methods on a sharded module
         yield None
         return
@@ -291,11 +291,11 @@ def make_evaluate(cfg: Config, tokenizer: Any, collate: TextToText, val_set: lis
         autocast = PRECISIONS[cfg.train.precision].autocast_on(device)
         sharded = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
-        with whole_parameters(core) as fsdp, autocast:
+        with whole_parameters(core) as gathering, autocast:
             # A rank that holds the whole model (DDP, ZeRO-2, FSDP2 gathered once) answers its share of the questions
             # and the ranks pool the answers; an FSDP2 model whose units gather their parameters at every forward
-            # (torch before 2.7) runs the collectives in step, so there every rank answers every question.
-            shared = sharded and fsdp != "per forward"
+            # (an older torch) runs the collectives in step, so there every rank answers every question.
+            shared = sharded and gathering != "per forward"
             ranks, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if shared else (1, 0)
             share = math.ceil(len(pairs) / ranks)
             mine, generated = pairs[rank * share: (rank + 1) * share], []
